@@ -1,0 +1,2 @@
+"""prompt-tuning-jax: parameter-efficient tuning of language models in JAX/Flax."""
+__version__ = "0.1.0"
