@@ -121,9 +121,9 @@ PRESETS: dict[str, T5Config] = {
     "t5-v1_1-xl": _v11(2048, 5120, 24, 32),
     "t5-v1_1-xxl": _v11(4096, 10240, 24, 64),
     # Tiny models for tests and the embedded default job.
-    "tiny": _v11(64, 128, 2, 4, d_kv=16, vocab_size=512),
+    "tiny": _v11(64, 128, 2, 4, d_kv=16, vocab_size=256),
     "tiny-v1_0": T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16,
-                          vocab_size=512),
+                          vocab_size=256),
 }
 
 

@@ -1,0 +1,280 @@
+"""Train / evaluate / infer driver. ``python -m prompt_tuning.train`` runs the embedded default.
+
+  python -m prompt_tuning.train --config configs/tiny.py --config.method.name=lora
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prompt_tuning import checkpoint as ckpt_lib
+from prompt_tuning import methods as methods_lib
+from prompt_tuning import optim, sharding
+from prompt_tuning.data import arrays as arrays_lib
+from prompt_tuning.data import synthetic, vocab as vocab_lib
+from prompt_tuning.models import convert, t5
+from prompt_tuning.trainer import Trainer
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+# ------------------------------------------------------------------------------ building
+def _dataclass_from(cls, section, **extra):
+  d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+  d.update(extra)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(d) - names
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
+  for k, v in d.items():
+    if isinstance(v, list):
+      d[k] = tuple(v)
+  return cls(**d)
+
+
+def method_config(config) -> methods_lib.MethodConfig:
+  return _dataclass_from(methods_lib.MethodConfig, config.method, seed=config.seed)
+
+
+def optimizer_config(config, method_name: str) -> optim.OptimizerConfig:
+  base = optim.default_for(method_name)
+  o = config.optimizer
+  over = {k: v for k, v in o.to_dict().items() if k not in ("name", "learning_rate")}
+  if o.name:
+    over["name"] = o.name
+  over["learning_rate"] = o.learning_rate if o.learning_rate else base.learning_rate
+  if o.name and o.name != base.name and not o.learning_rate:
+    raise ValueError(f"optimizer.name={o.name!r} differs from the method default; also set "
+                     f"optimizer.learning_rate")
+  over["total_steps"] = config.train.num_steps
+  return base.replace(**over)
+
+
+def load_vocab(config):
+  return vocab_lib.SentencePieceVocab(config.data.vocab) if config.data.vocab \
+      else vocab_lib.default_vocab()
+
+
+def model_reference(config) -> dict:
+  """How the frozen model is found again (it is never stored in tuning checkpoints)."""
+  if config.model.hf_checkpoint:
+    return {"hf_checkpoint": os.path.abspath(config.model.hf_checkpoint)}
+  return {"preset": config.model.preset, "init_seed": config.seed}
+
+
+def build_model(config, vocab):
+  m = config.model
+  over = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
+              dropout_rate=m.dropout_rate)
+  if m.hf_checkpoint:
+    model = convert.load_t5(m.hf_checkpoint, **over)
+  else:
+    cfg = t5.get_config(m.preset, **over)
+    if vocab.vocab_size > cfg.vocab_size:
+      cfg = cfg.replace(vocab_size=vocab.vocab_size)
+    model = t5.T5(cfg, rngs=nnx.Rngs(config.seed))
+  if vocab.vocab_size > model.cfg.vocab_size:
+    raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
+                     f"{model.cfg.vocab_size}")
+  return model
+
+
+def task_examples(name: str, split: str, n: int, seed: int):
+  if name in synthetic.TASKS:
+    return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
+  try:
+    from prompt_tuning import tasks  # needs TensorFlow / seqio
+  except ImportError as e:
+    raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
+                     f"and the seqio task registry is unavailable ({e})") from e
+  return tasks.text_examples(name, split, n)
+
+
+def build(config):
+  """Everything a run needs: vocab, trainer, datasets."""
+  sharding.maybe_initialize_distributed(config.mesh.coordinator_address or None,
+                                        config.mesh.num_processes or None,
+                                        config.mesh.process_id)
+  vocab = load_vocab(config)
+  mcfg = method_config(config)
+  ocfg = optimizer_config(config, mcfg.name)
+  model = build_model(config, vocab)
+  methods_lib.apply(model, mcfg, tokenize=vocab.encode)
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
+  trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
+                    z_loss=config.train.z_loss, dropout_seed=config.seed,
+                    max_encoder_length=config.train.max_encoder_length)
+  d = config.data
+  prompt_len = mcfg.prompt_length if mcfg.name == "prompt" else 0
+  if prompt_len + d.max_input_length > config.train.max_encoder_length:
+    raise ValueError(f"prompt_length ({prompt_len}) + max_input_length ({d.max_input_length}) "
+                     f"exceeds train.max_encoder_length ({config.train.max_encoder_length})")
+
+  def dataset(task, split, n):
+    ex = task_examples(task, split, n, config.seed)
+    return arrays_lib.ArrayDataset(
+        arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
+        seed=config.seed)
+
+  train_ds = dataset(d.task, "train", d.num_train)
+  eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (d.task,) + tuple(d.eval_tasks)}
+  return vocab, trainer, train_ds, eval_sets
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_all(trainer, vocab, eval_sets, params, config) -> dict:
+  out = {}
+  bs = config.train.eval_batch_size
+  for name, ds in eval_sets.items():
+    m = trainer.evaluate(params, ds.eval_batches(bs))
+    correct = total = 0
+    for b in ds.eval_batches(bs):
+      pred = trainer.decode(params, {"inputs": b["inputs"]}, config.train.max_decode_length)
+      for p, t, v in zip(pred, b["targets"], b["valid"]):
+        if v:
+          correct += vocab.decode(p) == vocab.decode(t)
+          total += 1
+    m["accuracy"] = correct / max(total, 1)
+    out[name] = m
+  return out
+
+
+def _log(path, record):
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------------------ train
+def train(config) -> dict:
+  """Runs (or resumes) training; returns the final evaluation metrics."""
+  vocab, trainer, train_ds, eval_sets = build(config)
+  os.makedirs(config.output_dir, exist_ok=True)
+  log_path = os.path.join(config.output_dir, "metrics.jsonl")
+  meta = json.loads(json.dumps({"method": dataclasses.asdict(trainer.method),
+                                "model": model_reference(config),
+                                "config": json.loads(config.to_json())}))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
+                               max_to_keep=config.train.max_to_keep)
+  state = trainer.init_state()
+  if ckpt.latest_step() is not None:
+    old = ckpt.read_meta()
+    if old.get("method") != meta["method"] or old.get("model") != meta["model"]:
+      raise ValueError(f"{config.output_dir}: existing checkpoints were made with another "
+                       f"model/method ({old.get('model')}, {old.get('method', {}).get('name')}); "
+                       f"use a new output_dir")
+    state, _ = ckpt.restore(state)
+    print(f"resumed from step {int(state.step)}", flush=True)
+  print(f"method={trainer.method.name} trainable={trainer.num_trainable:,} "
+        f"frozen={trainer.num_frozen:,} devices={jax.device_count()}", flush=True)
+  tc = config.train
+  start = int(state.step)
+  t0, tokens = time.time(), 0.0
+  for step in range(start, tc.num_steps):
+    batch = train_ds.train_batch(step, tc.batch_size)
+    state, aux = trainer.train_step(state, batch)
+    tokens += batch["inputs"].size + batch["targets"].size
+    s = step + 1
+    if s % tc.log_every == 0 or s == tc.num_steps:
+      loss = float(aux["loss"])
+      if not math.isfinite(loss):
+        last = ckpt.latest_step()
+        raise TrainingError(f"loss became {loss} at step {s}; stopped. Last good checkpoint: "
+                            f"{'none' if last is None else f'step {last}'} in {ckpt.directory}")
+      dt = time.time() - t0
+      rec = {"step": s, "loss": loss, "grad_norm": float(aux["grad_norm"]),
+             "tokens_per_s": tokens / max(dt, 1e-9)}
+      print(f"step {s:6d}  loss {loss:.4f}  {rec['tokens_per_s']:,.0f} tok/s", flush=True)
+      _log(log_path, rec)
+      t0, tokens = time.time(), 0.0
+    if s % tc.checkpoint_every == 0 or s == tc.num_steps:
+      metrics = None
+      if s % tc.eval_every == 0 or s == tc.num_steps:
+        metrics = evaluate_all(trainer, vocab, eval_sets, state.params, config)
+        _log(log_path, {"step": s, "eval": metrics})
+        print(f"eval step {s}: " + ", ".join(
+            f"{t}: loss {m['loss']:.4f} acc {m['accuracy']:.3f}" for t, m in metrics.items()),
+            flush=True)
+      ckpt.save(state, meta)
+  final = evaluate_all(trainer, vocab, eval_sets, state.params, config)
+  ckpt.close()
+  return {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
+
+
+def evaluate(config, step: int | None = None) -> dict:
+  vocab, trainer, _, eval_sets = build(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  state, _ = ckpt.restore(trainer.init_state(), step)
+  return {"step": int(state.step), "eval": evaluate_all(trainer, vocab, eval_sets, state.params,
+                                                        config)}
+
+
+def infer(config, texts, step: int | None = None) -> list[str]:
+  vocab, trainer, _, _ = build(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  state, _ = ckpt.restore(trainer.init_state(), step)
+  ex = [{"inputs": t, "targets": ""} for t in texts]
+  arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
+  pred = trainer.decode(state.params, {"inputs": arr["inputs"]}, config.train.max_decode_length)
+  return [vocab.decode(p) for p in pred]
+
+
+# ------------------------------------------------------------------------------ CLI
+def _parse(argv, command):
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  default = os.path.join(os.path.dirname(__file__), "default_config.py")
+  config_flags.DEFINE_config_file("config", default, "experiment config file", flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
+  flags.DEFINE_multi_string("input", [], "input text for `infer` (repeatable)", flag_values=fv)
+  fv(argv)
+  return fv
+
+
+def main(argv=None, command: str = "train") -> int:
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    fv = _parse(argv, command)
+    config = fv.config
+    if command == "train":
+      result = train(config)
+    elif command == "eval":
+      result = evaluate(config, fv.step)
+    elif command == "infer":
+      if not fv.input:
+        raise ValueError("infer needs at least one --input")
+      result = {"outputs": infer(config, fv.input, fv.step)}
+    else:
+      raise ValueError(f"unknown command {command!r}; use train, eval or infer")
+  except (ValueError, KeyError, FileNotFoundError, TrainingError, AttributeError) as e:
+    text = str(e.args[0]) if e.args else str(e)
+    text = " ".join(line.strip().strip("'") for line in text.splitlines() if line.strip())
+    if isinstance(e, AttributeError):  # ml_collections: unknown config key
+      text = f"unknown config key {text}"
+    print(f"error: {type(e).__name__}: {text}", file=sys.stderr)
+    return 2
+  except Exception as e:  # flags errors and the like: still one line
+    from absl import flags
+    if isinstance(e, flags.Error):
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+      return 2
+    raise
+  print(json.dumps(result, indent=1, sort_keys=True), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,193 @@
+"""jit-compiled train / eval / decode steps on numpy batches (no TensorFlow needed).
+
+A batch is a dict of arrays:
+  ``inputs`` [B, S] int32, ``input_mask`` [B, S] (optional: derived from pad id),
+  ``targets`` [B, T] int32, ``target_weights`` [B, T] float (optional: targets != pad).
+The decoder input is ``targets`` shifted right with the decoder start token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from prompt_tuning import methods as methods_lib
+from prompt_tuning import optim, sharding
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any          # trainable nnx.State
+  opt_state: Any
+
+
+def shift_right(targets, start_id: int):
+  start = jnp.full(targets.shape[:1] + (1,), start_id, targets.dtype)
+  return jnp.concatenate([start, targets[:, :-1]], axis=1)
+
+
+def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
+  """Returns (sum of weighted token losses, sum of weights, sum of weighted z-loss)."""
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  token_loss = lse - target_logit
+  z = z_loss * jnp.square(lse)
+  w = weights.astype(jnp.float32)
+  return jnp.sum((token_loss + z) * w), jnp.sum(w), jnp.sum(z * w)
+
+
+def complete_batch(batch: dict, pad_id: int) -> dict:
+  """Adds default masks / weights to a numpy batch (host side)."""
+  b = dict(batch)
+  for k in ("inputs", "targets"):
+    if k not in b:
+      raise KeyError(f"batch lacks {k!r}; it has {sorted(b)}")
+    b[k] = np.asarray(b[k], np.int32)
+  if "input_mask" not in b:
+    b["input_mask"] = (b["inputs"] != pad_id).astype(np.int32)
+  if "target_weights" not in b:
+    b["target_weights"] = (b["targets"] != pad_id).astype(np.float32)
+  return b
+
+
+class Trainer:
+  """Holds the frozen model state once and exposes jit-compiled steps on the trainable part.
+
+  Args:
+    model: an NNX model with the tuning method already applied (see methods.apply).
+    method: the MethodConfig that selects the trainable variables.
+    optimizer: OptimizerConfig (defaults per method).
+    mesh: optional jax.sharding.Mesh; parameters are placed by their logical axes.
+    frozen_dtype: dtype for the frozen weights (e.g. jnp.bfloat16).
+    max_encoder_length: upper bound on prompt + input length.
+  """
+
+  def __init__(self, model, method: methods_lib.MethodConfig,
+               optimizer: optim.OptimizerConfig | None = None, *, mesh=None, rules=None,
+               frozen_dtype=None, z_loss: float = 0.0, dropout_seed: int = 0,
+               max_encoder_length: int | None = None):
+    self.cfg = model.cfg
+    self.method = method
+    self.opt_cfg = optimizer or optim.default_for(method.name)
+    self.tx = optim.make(self.opt_cfg)
+    self.mesh, self.rules = mesh, rules
+    self.z_loss = z_loss
+    self.dropout_seed = dropout_seed
+    self.max_encoder_length = max_encoder_length
+    self.prompt_length = getattr(model, "prompt_length", 0)
+    self.graphdef, trainable, frozen = methods_lib.split(model, method, frozen_dtype)
+    self.num_trainable = methods_lib.count_params(trainable)
+    self.num_frozen = methods_lib.count_params(frozen)
+    if mesh is not None:
+      trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh, rules))
+      frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh, rules))
+    self.frozen = frozen
+    self._initial_params = trainable
+    self.trace_counts = {"train": 0, "eval": 0, "decode": 0}
+    self._train = jax.jit(self._train_step, donate_argnums=(0,))
+    self._eval = jax.jit(self._eval_step)
+    self._decode = jax.jit(self._decode_fn, static_argnums=(3,))
+
+  # ---------------------------------------------------------------------------- state
+  def init_state(self) -> TrainState:
+    params = self._initial_params
+    opt_state = jax.jit(self.tx.init)(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+  def model(self, params):
+    """Rebuilds the NNX model from trainable params and the shared frozen state."""
+    return nnx.merge(self.graphdef, params, self.frozen)
+
+  # ---------------------------------------------------------------------------- checks
+  def check_batch(self, batch: dict):
+    s = np.shape(batch["inputs"])[1]
+    if self.max_encoder_length is not None and s + self.prompt_length > self.max_encoder_length:
+      raise ValueError(
+          f"input length {s} + prompt length {self.prompt_length} = {s + self.prompt_length} "
+          f"exceeds max_encoder_length={self.max_encoder_length}")
+    for k in ("inputs", "targets"):
+      ids = np.asarray(batch[k])
+      if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+        raise ValueError(f"batch[{k!r}] has token ids outside [0, {self.cfg.vocab_size})")
+
+  def _place(self, batch):
+    batch = complete_batch(batch, self.cfg.pad_token_id)
+    self.check_batch(batch)
+    return sharding.shard_batch(batch, self.mesh)
+
+  # ---------------------------------------------------------------------------- steps
+  def _loss(self, params, frozen, batch, rng):
+    model = nnx.merge(self.graphdef, params, frozen)
+    dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
+    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng)
+    loss_sum, weight_sum, z_sum = cross_entropy(logits, batch["targets"], batch["target_weights"],
+                                                self.z_loss)
+    denom = jnp.maximum(weight_sum, 1.0)
+    return loss_sum / denom, {"loss": loss_sum / denom, "z_loss": z_sum / denom,
+                              "tokens": weight_sum}
+
+  def _train_step(self, state: TrainState, frozen, batch):
+    self.trace_counts["train"] += 1
+    with sharding.axis_rules(self.mesh, self.rules):
+      rng = None
+      if self.cfg.dropout_rate > 0:
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.dropout_seed), state.step)
+      grads, aux = jax.grad(self._loss, has_aux=True)(state.params, frozen, batch, rng)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      aux["grad_norm"] = (optax.tree.norm(grads) if hasattr(optax, "tree") and hasattr(optax.tree, "norm")
+                           else optax.global_norm(grads))
+      return TrainState(state.step + 1, params, opt_state), aux
+
+  def _eval_step(self, params, frozen, batch):
+    self.trace_counts["eval"] += 1
+    with sharding.axis_rules(self.mesh, self.rules):
+      model = nnx.merge(self.graphdef, params, frozen)
+      dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
+      logits = model(batch["inputs"], batch["input_mask"], dec_in)
+      loss_sum, weight_sum, _ = cross_entropy(logits, batch["targets"], batch["target_weights"])
+      pred = jnp.argmax(logits, -1)
+      w = batch["target_weights"] > 0
+      seq_correct = jnp.all(jnp.where(w, pred == batch["targets"], True), axis=-1)
+      return {"loss_sum": loss_sum, "weight_sum": weight_sum,
+              "seq_correct": jnp.sum(seq_correct), "count": jnp.asarray(pred.shape[0])}
+
+  def _decode_fn(self, params, frozen, batch, max_decode_len):
+    self.trace_counts["decode"] += 1
+    from prompt_tuning.models.t5 import greedy_decode
+    with sharding.axis_rules(self.mesh, self.rules):
+      model = nnx.merge(self.graphdef, params, frozen)
+      return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len)
+
+  # ---------------------------------------------------------------------------- public API
+  def train_step(self, state: TrainState, batch: dict):
+    return self._train(state, self.frozen, self._place(batch))
+
+  def eval_step(self, params, batch: dict) -> dict:
+    return self._eval(params, self.frozen, self._place(batch))
+
+  def evaluate(self, params, batches) -> dict:
+    """Token-weighted loss, perplexity and teacher-forced sequence accuracy over batches."""
+    tot = None
+    for b in batches:
+      out = jax.device_get(self.eval_step(params, b))
+      tot = out if tot is None else {k: tot[k] + out[k] for k in out}
+    if tot is None:
+      raise ValueError("evaluate() got no batches")
+    loss = float(tot["loss_sum"]) / max(float(tot["weight_sum"]), 1.0)
+    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+            "sequence_accuracy": float(tot["seq_correct"]) / max(int(tot["count"]), 1)}
+
+  def decode(self, params, batch: dict, max_decode_len: int) -> np.ndarray:
+    b = dict(batch)
+    b.setdefault("targets", np.zeros((np.shape(b["inputs"])[0], 1), np.int32))
+    b = self._place(b)
+    return np.asarray(self._decode(params, self.frozen, b, int(max_decode_len)))

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="prompt-tuning-jax",
+    version="0.1.0",
+    description="Parameter-efficient tuning (soft prompts, LoRA, full, layer subsets) of T5 and "
+                "other language models in JAX / Flax NNX",
+    packages=find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
+    package_data={"prompt_tuning.data": ["assets/*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.12",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "numpy",
+        "sentencepiece",
+        "safetensors",
+        "ml-collections",
+        "absl-py",
+    ],
+    extras_require={
+        # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
+        "test": ["pytest", "torch==2.13.0", "transformers>=5", "importlib_resources"],
+    },
+    entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli:main"]},
+)

@@ -1,0 +1,67 @@
+"""The command line: default job, eval / infer on its checkpoint, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--config.method.prompt_length=8", "--config.data.num_train=128",
+         "--config.data.num_eval=32", "--config.train.batch_size=8",
+         "--config.train.num_steps=4", "--config.train.log_every=2",
+         "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
+         "--config.train.eval_batch_size=32"]
+
+
+def run(args, cwd=ROOT):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def last_json(stdout):
+  return json.loads(stdout[stdout.rindex("\n{") + 1:] if "\n{" in stdout else stdout[stdout.index("{"):])
+
+
+def test_train_eval_infer(tmp_path):
+  out = str(tmp_path / "run")
+  r = run(["-m", "prompt_tuning.train", f"--config.output_dir={out}"] + SMALL)
+  assert r.returncode == 0, r.stderr[-2000:]
+  res = last_json(r.stdout)
+  assert res["step"] == 4 and res["trainable_params"] == 8 * 64
+  assert "loss" in res["eval"]["synthetic_sentiment"]
+  with open(os.path.join(out, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert [r_["step"] for r_ in rows if "loss" in r_] == [2, 4]
+  r = run(["-m", "prompt_tuning.cli", "eval", "--config", "configs/tiny.py",
+           f"--config.output_dir={out}"] + SMALL)
+  assert r.returncode == 0, r.stderr[-2000:]
+  ev = last_json(r.stdout)
+  assert ev["step"] == 4
+  assert abs(ev["eval"]["synthetic_sentiment"]["loss"] - res["eval"]["synthetic_sentiment"]["loss"]) < 1e-5
+  r = run(["-m", "prompt_tuning.cli", "infer", f"--config.output_dir={out}",
+           "--input=review: the teacher found a good box", "--input=review: sad"] + SMALL)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert len(last_json(r.stdout)["outputs"]) == 2
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--config.method.nme=lora"], "unknown config key"),
+    (["--config.method.name=adapters"], "unknown tuning method"),
+    (["--config.method.prompt_init=zeros"], "unknown prompt_init"),
+    (["--config.data.task=nonexistent_task"], "unknown task"),
+    (["--config.method.prompt_length=2000"], "exceeds train.max_encoder_length"),
+    (["--config.data.max_input_length=5"], "longer than max_input_length"),
+    (["--config.model.hf_checkpoint=/does/not/exist"], "does not exist"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, msg):
+  r = run(["-m", "prompt_tuning.train", f"--config.output_dir={tmp_path}"] + SMALL + args)
+  assert r.returncode == 2
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], r.stderr
+
+
+def test_eval_without_checkpoint(tmp_path):
+  r = run(["-m", "prompt_tuning.cli", "eval", f"--config.output_dir={tmp_path}"] + SMALL)
+  assert r.returncode == 2 and "no checkpoint found" in r.stderr
