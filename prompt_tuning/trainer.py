@@ -93,6 +93,7 @@ class Trainer:
     self._initial_params = trainable
     self.trace_counts = {"train": 0, "eval": 0, "decode": 0}
     self._train = jax.jit(self._train_step, donate_argnums=(0,))
+    self._train_pinned = False
     self._eval = jax.jit(self._eval_step)
     self._decode = jax.jit(self._decode_fn, static_argnums=(3,))
 
@@ -100,7 +101,21 @@ class Trainer:
   def init_state(self) -> TrainState:
     params = self._initial_params
     opt_state = jax.jit(self.tx.init)(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    step = jnp.zeros((), jnp.int32)
+    state = TrainState(step=step, params=params, opt_state=opt_state)
+    if self.mesh is not None:  # scalars (step, optimizer counters) are replicated on the mesh
+      rep = sharding.replicated(self.mesh)
+      state = jax.tree.map(
+          lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+          and x.sharding.mesh == self.mesh else jax.device_put(x, rep), state)
+    if self.mesh is not None and not self._train_pinned:
+      # Pin the output shardings to the input ones: equivalent-but-unequal specs (P() vs
+      # P(None, None)) would otherwise make the second step recompile.
+      shardings = jax.tree.map(lambda x: x.sharding, state)
+      self._train = jax.jit(self._train_step, donate_argnums=(0,),
+                            out_shardings=(shardings, sharding.replicated(self.mesh)))
+      self._train_pinned = True
+    return state
 
   def model(self, params):
     """Rebuilds the NNX model from trainable params and the shared frozen state."""
