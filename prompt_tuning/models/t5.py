@@ -193,8 +193,10 @@ class Attention(nnx.Module):
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
     if self.impl == "cudnn":
-      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
-                                         bias=None if bias is None else bias.astype(q.dtype),
+      if bias is not None:  # cuDNN wants the bias at full [B, H, Q, K] size
+        bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+        bias = bias.astype(q.dtype)
+      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias,
                                          scale=1.0, implementation="cudnn")
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype),
@@ -421,6 +423,36 @@ class T5(nnx.Module):
     h, new_cache = self.decoder(y, bias, cross_bias=mask_bias(enc_mask), cross_kv=cross_kv,
                                 cache=self_cache, cache_index=index)
     return self.logits_from_hidden(h)[:, 0], new_cache
+
+
+def init_random(cfg: T5Config, seed: int = 0, param_dtype=jnp.float32) -> T5:
+  """A randomly initialised T5 built parameter by parameter (for large benchmark models).
+
+  Same distributions as the constructor (normal with std 1/sqrt(fan_in), embeddings std 1, norm
+  scales 1), but each parameter is drawn by its own small program (cached per shape), avoiding
+  the long compile of one giant init program, and cast to ``param_dtype`` as it is made.
+  """
+  abstract = nnx.eval_shape(lambda: T5(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  key = jax.random.PRNGKey(seed)
+  for i, (path, var) in enumerate(nnx.to_flat_state(state)):
+    shape = tuple(var.shape)
+    name = path[-1]
+    if name == "scale":
+      value = jnp.ones(shape, param_dtype)
+    else:
+      if name == "embedding":
+        std = 1.0 if path[0] == "shared" else cfg.d_model ** -0.5
+      elif name == "kernel" and path[0] == "lm_head":
+        std = 1.0
+      else:  # DenseGeneral kernels: output is the trailing axis/axes
+        axes = var.get_metadata().get("axes") or ()
+        n_out = 1 if axes and axes[-1] == "embed" or len(shape) == 2 else 2
+        std = math.prod(shape[:-n_out]) ** -0.5
+      value = (jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32) * std
+               ).astype(param_dtype)
+    var.set_value(value)
+  return nnx.merge(graphdef, state)
 
 
 def greedy_decode(model: T5, input_ids, input_mask, max_decode_len: int, prompts=None):

@@ -1,0 +1,180 @@
+"""Training throughput of random-init T5 v1.1 under prompt tuning / LoRA / full tuning.
+
+Prints one JSON line per case: tokens/s, model TFLOP/s, MFU, peak device memory.
+
+  python benchmarks/train_throughput.py                       # base/large/xl x prompt/lora/full
+  python benchmarks/train_throughput.py --sizes large --methods prompt
+  python benchmarks/train_throughput.py --tiny                # CPU smoke run, tiny shapes
+
+Conventions (the same as the transformers+PEFT anchor in shared/anchors/peft_h100.jsonl):
+  * tokens/s  = batch * (input_len + target_len) / step time -- prompt tokens are *not* counted;
+  * model FLOPs per step = k * (N_enc * encoder tokens + (N_dec + N_head) * decoder tokens), with
+    N the matmul weights a token passes through (encoder tokens include the prompt), attention
+    score/value FLOPs excluded; k = 4 for frozen-base methods (forward 2N + activation
+    gradients 2N; LoRA's weight gradients are negligible) and k = 6 for full tuning;
+  * MFU = model FLOP/s / peak bf16 dense FLOP/s of the device (H100 SXM: 989 TFLOP/s);
+    ``mfu_vs_790`` divides by the 790 TFLOP/s the anchor used.
+Each case runs in its own process, so peak memory is per case and an OOM does not end the sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def matmul_params(cfg):
+  d, h, k, f = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff
+  mlp = (3 if cfg.is_gated else 2) * d * f
+  enc = cfg.num_layers * (4 * d * h * k + mlp)
+  dec = cfg.n_decoder_layers * (8 * d * h * k + mlp)
+  return enc, dec, d * cfg.vocab_size
+
+
+def device_peak_tflops(dev):
+  kind = getattr(dev, "device_kind", "")
+  for name, v in PEAK_TFLOPS.items():
+    if name in kind:
+      return v
+  return None
+
+
+def run_case(size, method, a):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from prompt_tuning import methods, optim
+  from prompt_tuning.models import t5
+  from prompt_tuning.trainer import Trainer, complete_batch
+
+  preset = "tiny" if size == "tiny" else f"t5-v1_1-{size}"
+  cfg = t5.get_config(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention)
+  t_phase = time.time()
+
+  def phase(name):
+    nonlocal t_phase
+    print(f"[{size},{method}] {name}: {time.time() - t_phase:.1f}s", file=sys.stderr, flush=True)
+    t_phase = time.time()
+
+  frozen_dtype = jnp.bfloat16 if a.dtype == "bfloat16" else None
+  model = t5.init_random(cfg, seed=0, param_dtype=frozen_dtype or jnp.float32)
+  phase("init")
+  mc = methods.MethodConfig(name=method, prompt_length=a.prompt_length, lora_rank=a.lora_rank,
+                            lora_alpha=2.0 * a.lora_rank)
+  methods.apply(model, mc)
+  if method == "full":
+    opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-5)
+  elif method == "lora":
+    opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-4)
+  else:
+    opt = optim.default_for("prompt")
+  tr = Trainer(model, mc, opt, frozen_dtype=frozen_dtype)
+  del model
+  rng = np.random.RandomState(0)
+  batch = complete_batch({"inputs": rng.randint(2, cfg.vocab_size, (a.batch, a.inp_len)),
+                          "targets": rng.randint(2, cfg.vocab_size, (a.batch, a.tgt_len))}, 0)
+  placed = jax.device_put(batch)
+  state = tr.init_state()
+  phase("trainer + state")
+  t_compile = time.time()
+  for _ in range(a.warmup):
+    state, aux = tr._train(state, tr.frozen, placed)
+  jax.block_until_ready(aux["loss"])
+  t_compile = time.time() - t_compile
+  phase("compile + warmup")
+  t0 = time.time()
+  for _ in range(a.steps):
+    state, aux = tr._train(state, tr.frozen, placed)
+  loss = float(aux["loss"])  # blocks
+  step_s = (time.time() - t0) / a.steps
+  assert tr.trace_counts["train"] == 1, tr.trace_counts
+  prompt = a.prompt_length if method == "prompt" else 0
+  n_enc, n_dec, n_head = matmul_params(cfg)
+  k = 6 if method == "full" else 4
+  flops = k * (n_enc * a.batch * (a.inp_len + prompt) + (n_dec + n_head) * a.batch * a.tgt_len)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  peak_tf = device_peak_tflops(dev)
+  tflops = flops / step_s / 1e12
+  return {
+      "system": f"jax{jax.__version__}+flax-nnx", "device": getattr(dev, "device_kind", str(dev)),
+      "size": size, "method": method, "batch": a.batch, "inp_len": a.inp_len,
+      "tgt_len": a.tgt_len, "prompt_len": prompt, "dtype": a.dtype, "remat": a.remat,
+      "attention": a.attention, "trainable": tr.num_trainable, "step_s": round(step_s, 4),
+      "tokens_per_s": round(a.batch * (a.inp_len + a.tgt_len) / step_s),
+      "tflops": round(tflops, 1),
+      "mfu": None if peak_tf is None else round(tflops / peak_tf, 3),
+      "mfu_vs_790": round(tflops / 790.0, 3),
+      "peak_gib": None if peak is None else round(peak / 2 ** 30, 2),
+      "compile_s": round(t_compile, 1), "loss": round(loss, 4),
+      "flop_convention": f"{k}N per token (N = matmul weights seen; prompt tokens in encoder)",
+  }
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--sizes", default="base,large,xl")
+  p.add_argument("--methods", default="prompt,lora,full")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--inp_len", type=int, default=512)
+  p.add_argument("--tgt_len", type=int, default=16)
+  p.add_argument("--prompt_length", type=int, default=100)
+  p.add_argument("--lora_rank", type=int, default=4)
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  p.add_argument("--attention", default="xla", choices=("xla", "cudnn"))
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model and shapes")
+  p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+  p.add_argument("--timeout", type=int, default=900, help="seconds per case")
+  a = p.parse_args()
+  if a.tiny:
+    a.sizes, a.batch, a.inp_len, a.tgt_len, a.prompt_length = "tiny", 4, 32, 8, 10
+    a.dtype, a.steps, a.warmup = "float32", 3, 1
+  if a.case:
+    size, method = a.case.split(",")
+    print("RESULT " + json.dumps(run_case(size, method, a)), flush=True)
+    return
+  env = dict(os.environ)
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+  passthrough = []
+  for name in ("batch", "inp_len", "tgt_len", "prompt_length", "lora_rank", "dtype", "remat",
+               "attention", "steps", "warmup"):
+    passthrough += [f"--{name}", str(getattr(a, name))]
+  for size in a.sizes.split(","):
+    for method in a.methods.split(","):
+      cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{size},{method}"] + passthrough
+      try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+        if lines:
+          rec = json.loads(lines[-1][7:])
+        else:
+          err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+          rec = {"case": [size, method, a.batch, a.inp_len, a.tgt_len], "error": err[:300]}
+      except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rec = {"case": [size, method, a.batch, a.inp_len, a.tgt_len], "error": "timeout",
+               "progress": err.strip().splitlines()[-3:]}
+      line = json.dumps(rec)
+      print(line, flush=True)
+      if a.out:
+        with open(a.out, "a") as f:
+          f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  main()
