@@ -26,10 +26,18 @@ def main():
   f = jax.jit(lambda m, *a: m(*a, prompts=prompt))
   a = np.asarray(f(xla, ids, mask, dec), np.float32)
   b = np.asarray(f(cud, ids, mask, dec), np.float32)
-  diff = np.abs(a - b).max() / np.abs(a).max()
-  print(f"max |xla - cudnn| / max |logit| = {diff:.2e}; argmax agreement "
-        f"{np.mean(a.argmax(-1) == b.argmax(-1)):.3f}")
-  sys.exit(0 if diff < 2e-2 else 1)
+  f32 = t5.init_random(cfg.replace(dtype="float32"), seed=0, param_dtype=jnp.bfloat16)
+  c = np.asarray(f(f32, ids, mask, dec), np.float32)
+
+  def rel(x, y):
+    return np.abs(x - y).max() / np.abs(y).max()
+
+  d_cudnn, d_bf16 = rel(b, c), rel(a, c)
+  print(f"vs float32 compute on the same weights: cudnn-bf16 {d_cudnn:.2e} (argmax agree "
+        f"{np.mean(b.argmax(-1) == c.argmax(-1)):.3f}), xla-bf16 {d_bf16:.2e} (argmax agree "
+        f"{np.mean(a.argmax(-1) == c.argmax(-1)):.3f})")
+  # cuDNN must be no further from the float32 reference than XLA's own bf16 path (+ margin).
+  sys.exit(0 if d_cudnn <= 1.5 * d_bf16 + 1e-2 else 1)
 
 
 if __name__ == "__main__":

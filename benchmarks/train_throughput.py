@@ -57,6 +57,8 @@ def run_case(size, method, a):
   from prompt_tuning.models import t5
   from prompt_tuning.trainer import Trainer, complete_batch
 
+  if a.attention == "auto":
+    a.attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
   preset = "tiny" if size == "tiny" else f"t5-v1_1-{size}"
   cfg = t5.get_config(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention)
   t_phase = time.time()
@@ -133,7 +135,8 @@ def main():
   p.add_argument("--lora_rank", type=int, default=4)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-  p.add_argument("--attention", default="xla", choices=("xla", "cudnn"))
+  p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
+                 help="auto: cuDNN fused attention on GPU, XLA einsum elsewhere")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model and shapes")
