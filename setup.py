@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+TASKS = ["tensorflow-cpu>=2.16", "seqio>=0.0.19", "tensorflow-datasets>=4.9",
+         "importlib_resources", "sacrebleu", "rouge-score"]
+
 setup(
     name="prompt-tuning-jax",
     version="0.1.0",
@@ -20,8 +23,10 @@ setup(
         "absl-py",
     ],
     extras_require={
+        # The data layer: seqio task registries over TFDS, and their metrics.
+        "tasks": TASKS,
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
-        "test": ["pytest", "torch==2.13.0", "transformers>=5", "importlib_resources"],
+        "test": ["pytest", "torch==2.13.0", "transformers>=5"] + TASKS,
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli:main"]},
 )

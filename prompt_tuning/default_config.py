@@ -31,6 +31,7 @@ def get_config():
   c.data = ml_collections.ConfigDict(dict(
       task="synthetic_sentiment",  # synthetic task or a registered seqio task name
       eval_tasks=(),               # extra tasks evaluated with the trained params (domain shift)
+      domain_shift="",             # a registered pair, e.g. "qqp_to_mrpc" (sets task/eval_tasks)
       num_train=2000, num_eval=256,
       max_input_length=48, max_target_length=8, truncate=False,
       vocab="",                    # SentencePiece .model path ("" = the in-repo tiny vocab)

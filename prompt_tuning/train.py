@@ -124,13 +124,31 @@ def build(config):
 
   def dataset(task, split, n):
     ex = task_examples(task, split, n, config.seed)
-    return arrays_lib.ArrayDataset(
+    ds = arrays_lib.ArrayDataset(
         arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
         seed=config.seed)
+    ds.examples = ex
+    ds.task = task
+    return ds
 
-  train_ds = dataset(d.task, "train", d.num_train)
-  eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (d.task,) + tuple(d.eval_tasks)}
+  train_task, eval_tasks = resolve_tasks(config)
+  train_ds = dataset(train_task, "train", d.num_train)
+  eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (train_task,) + eval_tasks}
   return vocab, trainer, train_ds, eval_sets
+
+
+def resolve_tasks(config):
+  """(train task, extra eval tasks); ``data.domain_shift`` names a registered pair such as
+  ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC)."""
+  d = config.data
+  if d.domain_shift:
+    from prompt_tuning import tasks
+    if d.domain_shift not in tasks.DOMAIN_SHIFT_PAIRS:
+      raise ValueError(f"unknown domain_shift {d.domain_shift!r}; known: "
+                       f"{sorted(tasks.DOMAIN_SHIFT_PAIRS)}")
+    src, tgt = tasks.DOMAIN_SHIFT_PAIRS[d.domain_shift]
+    return src, tuple(t for t in (tgt,) + tuple(d.eval_tasks) if t != src)
+  return d.task, tuple(t for t in d.eval_tasks if t != d.task)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -139,14 +157,16 @@ def evaluate_all(trainer, vocab, eval_sets, params, config) -> dict:
   bs = config.train.eval_batch_size
   for name, ds in eval_sets.items():
     m = trainer.evaluate(params, ds.eval_batches(bs))
-    correct = total = 0
+    preds = []
     for b in ds.eval_batches(bs):
       pred = trainer.decode(params, {"inputs": b["inputs"]}, config.train.max_decode_length)
-      for p, t, v in zip(pred, b["targets"], b["valid"]):
-        if v:
-          correct += vocab.decode(p) == vocab.decode(t)
-          total += 1
-    m["accuracy"] = correct / max(total, 1)
+      preds += [vocab.decode(p) for p, v in zip(pred, b["valid"]) if v]
+    if name in synthetic.TASKS:
+      targets = [vocab.decode(t) for t in ds.arrays["targets"]]
+      m["accuracy"] = sum(p == t for p, t in zip(preds, targets)) / max(len(targets), 1)
+    else:
+      from prompt_tuning import tasks
+      m.update(tasks.score(name, ds.examples, preds))
     out[name] = m
   return out
 
@@ -167,6 +187,11 @@ def train(config) -> dict:
                                 "config": json.loads(config.to_json())}))
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
                                max_to_keep=config.train.max_to_keep)
+  # The checkpoint with the lowest perplexity on the training task's dev split.
+  best = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "best"), max_to_keep=1)
+  best_ppl = best.read_meta().get("dev_perplexity", float("inf")) \
+      if best.latest_step() is not None else float("inf")
+  main_task = next(iter(eval_sets))
   state = trainer.init_state()
   if ckpt.latest_step() is not None:
     old = ckpt.read_meta()
@@ -203,13 +228,21 @@ def train(config) -> dict:
       if s % tc.eval_every == 0 or s == tc.num_steps:
         metrics = evaluate_all(trainer, vocab, eval_sets, state.params, config)
         _log(log_path, {"step": s, "eval": metrics})
-        print(f"eval step {s}: " + ", ".join(
-            f"{t}: loss {m['loss']:.4f} acc {m['accuracy']:.3f}" for t, m in metrics.items()),
-            flush=True)
+        print(f"eval step {s}: " + "; ".join(
+            f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+            for t, m in metrics.items()), flush=True)
+        ppl = metrics[main_task]["perplexity"]
+        if ppl < best_ppl:
+          best_ppl = ppl
+          best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
       ckpt.save(state, meta)
   final = evaluate_all(trainer, vocab, eval_sets, state.params, config)
   ckpt.close()
-  return {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
+  result = {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
+  if best.latest_step() is not None:
+    result["best"] = {"step": best.latest_step(), "dev_perplexity": best_ppl}
+  best.close()
+  return result
 
 
 def evaluate(config, step: int | None = None) -> dict:
