@@ -150,12 +150,14 @@ def apply(model, cfg: MethodConfig, tokenize: Callable[[str], Sequence[int]] | N
 def _layer_prefixes(model, cfg: MethodConfig) -> list[str]:
   prefixes = list(cfg.layers)
   if cfg.last_k_blocks:
-    for stack in ("encoder", "decoder"):
-      blocks = getattr(getattr(model, stack, None), "blocks", None)
+    stacks = [("encoder.", getattr(getattr(model, "encoder", None), "blocks", None)),
+              ("decoder.", getattr(getattr(model, "decoder", None), "blocks", None)),
+              ("", getattr(model, "blocks", None))]  # decoder-only models
+    for prefix, blocks in stacks:
       if blocks is None:
         continue
       n = len(blocks)
-      prefixes += [f"{stack}.blocks.{i}" for i in range(max(0, n - cfg.last_k_blocks), n)]
+      prefixes += [f"{prefix}blocks.{i}" for i in range(max(0, n - cfg.last_k_blocks), n)]
   return prefixes
 
 

@@ -58,6 +58,27 @@ def complete_batch(batch: dict, pad_id: int) -> dict:
   return b
 
 
+def to_decoder_only(batch: dict) -> dict:
+  """Host-side: right-padded inputs [B, S] and targets [B, T] -> one sequence per example,
+  ``inputs ++ targets`` in [B, S + T], with loss weights on the target tokens only."""
+  inputs, targets = batch["inputs"], batch["targets"]
+  b, s = inputs.shape
+  t = targets.shape[1]
+  in_len = np.asarray(batch["input_mask"]).sum(1).astype(int)
+  tgt_w = np.asarray(batch["target_weights"], np.float32)
+  t_len = (tgt_w > 0).sum(1).astype(int)
+  tokens = np.zeros((b, s + t), np.int32)
+  weights = np.zeros((b, s + t), np.float32)
+  for i in range(b):
+    tokens[i, :in_len[i]] = inputs[i, :in_len[i]]
+    tokens[i, in_len[i]:in_len[i] + t_len[i]] = targets[i, :t_len[i]]
+    weights[i, in_len[i]:in_len[i] + t_len[i]] = tgt_w[i, :t_len[i]]
+  out = dict(batch)
+  out.update(tokens=tokens, token_mask=(np.arange(s + t)[None] < (in_len + t_len)[:, None]
+                                        ).astype(np.int32), loss_weights=weights)
+  return out
+
+
 class Trainer:
   """Holds the frozen model state once and exposes jit-compiled steps on the trainable part.
 
@@ -83,6 +104,7 @@ class Trainer:
     self.dropout_seed = dropout_seed
     self.max_encoder_length = max_encoder_length
     self.prompt_length = getattr(model, "prompt_length", 0)
+    self.decoder_only = getattr(self.cfg, "architecture", "encoder_decoder") == "decoder_only"
     self.graphdef, trainable, frozen = methods_lib.split(model, method, frozen_dtype)
     self.num_trainable = methods_lib.count_params(trainable)
     self.num_frozen = methods_lib.count_params(frozen)
@@ -124,6 +146,8 @@ class Trainer:
   # ---------------------------------------------------------------------------- checks
   def check_batch(self, batch: dict):
     s = np.shape(batch["inputs"])[1]
+    if self.decoder_only:
+      s += np.shape(batch["targets"])[1]
     if self.max_encoder_length is not None and s + self.prompt_length > self.max_encoder_length:
       raise ValueError(
           f"input length {s} + prompt length {self.prompt_length} = {s + self.prompt_length} "
@@ -136,15 +160,24 @@ class Trainer:
   def _place(self, batch):
     batch = complete_batch(batch, self.cfg.pad_token_id)
     self.check_batch(batch)
+    if self.decoder_only:
+      batch = to_decoder_only(batch)
     return sharding.shard_batch(batch, self.mesh)
+
+  def _logits_and_labels(self, model, batch, rng=None):
+    """(logits, labels, weights) for either architecture."""
+    if self.decoder_only:
+      logits = model(batch["tokens"], batch["token_mask"], rng=rng)
+      return logits[:, :-1], batch["tokens"][:, 1:], batch["loss_weights"][:, 1:]
+    dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
+    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng)
+    return logits, batch["targets"], batch["target_weights"]
 
   # ---------------------------------------------------------------------------- steps
   def _loss(self, params, frozen, batch, rng):
     model = nnx.merge(self.graphdef, params, frozen)
-    dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
-    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng)
-    loss_sum, weight_sum, z_sum = cross_entropy(logits, batch["targets"], batch["target_weights"],
-                                                self.z_loss)
+    logits, labels, weights = self._logits_and_labels(model, batch, rng)
+    loss_sum, weight_sum, z_sum = cross_entropy(logits, labels, weights, self.z_loss)
     denom = jnp.maximum(weight_sum, 1.0)
     return loss_sum / denom, {"loss": loss_sum / denom, "z_loss": z_sum / denom,
                               "tokens": weight_sum}
@@ -166,20 +199,23 @@ class Trainer:
     self.trace_counts["eval"] += 1
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
-      dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
-      logits = model(batch["inputs"], batch["input_mask"], dec_in)
-      loss_sum, weight_sum, _ = cross_entropy(logits, batch["targets"], batch["target_weights"])
+      logits, labels, weights = self._logits_and_labels(model, batch)
+      loss_sum, weight_sum, _ = cross_entropy(logits, labels, weights)
       pred = jnp.argmax(logits, -1)
-      w = batch["target_weights"] > 0
-      seq_correct = jnp.all(jnp.where(w, pred == batch["targets"], True), axis=-1)
+      w = weights > 0
+      seq_correct = jnp.all(jnp.where(w, pred == labels, True), axis=-1)
       return {"loss_sum": loss_sum, "weight_sum": weight_sum,
               "seq_correct": jnp.sum(seq_correct), "count": jnp.asarray(pred.shape[0])}
 
   def _decode_fn(self, params, frozen, batch, max_decode_len):
     self.trace_counts["decode"] += 1
-    from prompt_tuning.models.t5 import greedy_decode
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
+      if self.decoder_only:
+        from prompt_tuning.models.decoder import greedy_generate
+        return greedy_generate(model, batch["inputs"], jnp.sum(batch["input_mask"], axis=1),
+                               max_decode_len)
+      from prompt_tuning.models.t5 import greedy_decode
       return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len)
 
   # ---------------------------------------------------------------------------- public API
@@ -204,5 +240,7 @@ class Trainer:
   def decode(self, params, batch: dict, max_decode_len: int) -> np.ndarray:
     b = dict(batch)
     b.setdefault("targets", np.zeros((np.shape(b["inputs"])[0], 1), np.int32))
-    b = self._place(b)
+    b = complete_batch(b, self.cfg.pad_token_id)
+    self.check_batch(b)
+    b = sharding.shard_batch({k: b[k] for k in ("inputs", "input_mask", "targets")}, self.mesh)
     return np.asarray(self._decode(params, self.frozen, b, int(max_decode_len)))

@@ -169,3 +169,84 @@ def load_t5(path: str, param_dtype=None, **config_overrides):
   cfg = T5Config.from_hf_dict(hf, **config_overrides)
   abstract = build_abstract(lambda: T5(cfg, rngs=nnx.Rngs(0)))
   return fill_model(abstract, t5_params_from_hf(sd, cfg), dtype=param_dtype, source=path)
+
+
+# ------------------------------------------------------------------------------ decoder-only
+def _strip(sd, prefix):
+  return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def gpt2_params_from_hf(sd: dict[str, np.ndarray], cfg) -> dict[tuple, np.ndarray]:
+  sd = _strip(sd, "transformer.")
+  d, h, dh = cfg.d_model, cfg.num_heads, cfg.dh
+  out = {("embed", "embedding"): sd["wte.weight"], ("positions", "embedding"): sd["wpe.weight"],
+         ("final_norm", "scale"): sd["ln_f.weight"], ("final_norm", "bias"): sd["ln_f.bias"]}
+  for i in range(cfg.num_layers):
+    p, o = f"h.{i}.", ("blocks", i)
+    w, b = sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]  # Conv1D: [in, out]
+    for j, n in enumerate("qkv"):
+      out[o + ("attn", n, "kernel")] = w[:, j * d:(j + 1) * d].reshape(d, h, dh)
+      out[o + ("attn", n, "bias")] = b[j * d:(j + 1) * d].reshape(h, dh)
+    out[o + ("attn", "o", "kernel")] = sd[p + "attn.c_proj.weight"].reshape(h, dh, d)
+    out[o + ("attn", "o", "bias")] = sd[p + "attn.c_proj.bias"]
+    out[o + ("mlp", "wi", "kernel")] = sd[p + "mlp.c_fc.weight"]
+    out[o + ("mlp", "wi", "bias")] = sd[p + "mlp.c_fc.bias"]
+    out[o + ("mlp", "wo", "kernel")] = sd[p + "mlp.c_proj.weight"]
+    out[o + ("mlp", "wo", "bias")] = sd[p + "mlp.c_proj.bias"]
+    for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+      out[o + (ours, "scale")] = sd[f"{p}{theirs}.weight"]
+      out[o + (ours, "bias")] = sd[f"{p}{theirs}.bias"]
+  return out
+
+
+def llama_params_from_hf(sd: dict[str, np.ndarray], cfg) -> dict[tuple, np.ndarray]:
+  d, h, k, dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
+  out = {("embed", "embedding"): sd["model.embed_tokens.weight"],
+         ("final_norm", "scale"): sd["model.norm.weight"]}
+  if not cfg.tie_word_embeddings:
+    out[("lm_head", "kernel")] = sd["lm_head.weight"].T
+  for i in range(cfg.num_layers):
+    p, o = f"model.layers.{i}.", ("blocks", i)
+    heads = {"q": h, "k": k, "v": k}
+    for n, nh in heads.items():
+      out[o + ("attn", n, "kernel")] = sd[f"{p}self_attn.{n}_proj.weight"].T.reshape(d, nh, dh)
+      if cfg.attention_bias:
+        out[o + ("attn", n, "bias")] = sd[f"{p}self_attn.{n}_proj.bias"].reshape(nh, dh)
+    out[o + ("attn", "o", "kernel")] = sd[p + "self_attn.o_proj.weight"].T.reshape(h, dh, d)
+    if cfg.attention_bias:
+      out[o + ("attn", "o", "bias")] = sd[p + "self_attn.o_proj.bias"]
+    for ours, theirs in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")):
+      out[o + ("mlp", ours, "kernel")] = sd[f"{p}mlp.{theirs}.weight"].T
+      if cfg.mlp_bias:
+        out[o + ("mlp", ours, "bias")] = sd[f"{p}mlp.{theirs}.bias"]
+    out[o + ("attn_norm", "scale")] = sd[p + "input_layernorm.weight"]
+    out[o + ("mlp_norm", "scale")] = sd[p + "post_attention_layernorm.weight"]
+  return out
+
+
+def load_decoder(path: str, param_dtype=None, **config_overrides):
+  """Loads a HF GPT2LMHeadModel or LlamaForCausalLM checkpoint into :class:`DecoderLM`."""
+  from prompt_tuning.models.decoder import DecoderLM, config_from_hf
+  hf = read_hf_config(path)
+  cfg = config_from_hf(hf, **config_overrides)
+  sd = read_state_dict(path)
+  conv = gpt2_params_from_hf if cfg.flavour == "gpt2" else llama_params_from_hf
+  try:
+    values = conv(sd, cfg)
+  except KeyError as e:
+    raise CheckpointError(f"{path}: HF checkpoint lacks tensor {e}") from e
+  abstract = build_abstract(lambda: DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  return fill_model(abstract, values, dtype=param_dtype, source=path)
+
+
+def load(path: str, **kw):
+  """Loads any supported HF checkpoint directory (T5, GPT-2, Llama-style)."""
+  mt = read_hf_config(path).get("model_type")
+  if mt in ("t5", "mt5"):
+    return load_t5(path, **kw)
+  if mt in ("gpt2", "llama", "mistral", "qwen2"):
+    return load_decoder(path, **kw)
+  if mt == "bart":
+    from prompt_tuning.models.bart import load_bart
+    return load_bart(path, **kw)
+  raise CheckpointError(f"{path}: unsupported model_type {mt!r}")

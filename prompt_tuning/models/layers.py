@@ -58,12 +58,14 @@ class DenseGeneral(nnx.Module):
 
   def __init__(self, in_features: Sequence[int], out_features: Sequence[int],
                in_axes: Sequence[str], out_axes: Sequence[str], *, rngs: nnx.Rngs | None,
-               std: float = 1.0, dtype=jnp.float32):
+               std: float = 1.0, dtype=jnp.float32, use_bias: bool = False):
     self.in_features = tuple(in_features)
     self.out_features = tuple(out_features)
     self.in_axes, self.out_axes = tuple(in_axes), tuple(out_axes)
     self.kernel = param(rngs, self.in_features + self.out_features, self.in_axes + self.out_axes,
                         std=std)
+    self.bias = param(None, self.out_features, self.out_axes, init="zeros") if use_bias \
+        else nnx.data(None)
     self.dtype = dtype
     self.lora_a = nnx.data(None)
     self.lora_b = nnx.data(None)
@@ -92,6 +94,8 @@ class DenseGeneral(nnx.Module):
     x = x.astype(self.dtype)
     n_in = len(self.in_features)
     y = self._contract(x, self.kernel[...], n_in)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
     if self.lora_a is not None:
       h = self._contract(x, self.lora_a[...], n_in)
       y = y + self.lora_scale * self._contract(h, self.lora_b[...], 1)
@@ -111,6 +115,24 @@ class RMSNorm(nnx.Module):
     var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
     y = xf * jax.lax.rsqrt(var + self.eps)
     return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """Standard layer norm with scale and bias, computed in float32."""
+
+  def __init__(self, dim: int, eps: float = 1e-5, dtype=jnp.float32):
+    self.scale = param(None, (dim,), ("embed",), init="ones")
+    self.bias = param(None, (dim,), ("embed",), init="zeros")
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+            ).astype(self.dtype)
 
 
 class Embed(nnx.Module):
