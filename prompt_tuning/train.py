@@ -101,11 +101,30 @@ def build_model(config, vocab):
   return model
 
 
+def import_tasks():
+  """Imports the seqio task layer with TensorFlow's C++ start-up logging silenced (it writes
+  straight to file descriptor 2, before absl logging is configured)."""
+  if "prompt_tuning.tasks" in sys.modules:
+    return sys.modules["prompt_tuning.tasks"]
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    from prompt_tuning import tasks
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tasks
+
+
 def task_examples(name: str, split: str, n: int, seed: int):
   if name in synthetic.TASKS:
     return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
   try:
-    from prompt_tuning import tasks  # needs TensorFlow / seqio
+    tasks = import_tasks()  # needs TensorFlow / seqio
   except ImportError as e:
     raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
                      f"and the seqio task registry is unavailable ({e})") from e
@@ -153,7 +172,7 @@ def resolve_tasks(config):
   ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC)."""
   d = config.data
   if d.domain_shift:
-    from prompt_tuning import tasks
+    tasks = import_tasks()
     if d.domain_shift not in tasks.DOMAIN_SHIFT_PAIRS:
       raise ValueError(f"unknown domain_shift {d.domain_shift!r}; known: "
                        f"{sorted(tasks.DOMAIN_SHIFT_PAIRS)}")
@@ -176,8 +195,7 @@ def evaluate_all(trainer, vocab, eval_sets, params, config) -> dict:
       targets = [vocab.decode(t) for t in ds.arrays["targets"]]
       m["accuracy"] = sum(p == t for p, t in zip(preds, targets)) / max(len(targets), 1)
     else:
-      from prompt_tuning import tasks
-      m.update(tasks.score(name, ds.examples, preds))
+      m.update(import_tasks().score(name, ds.examples, preds))
     out[name] = m
   return out
 
