@@ -77,13 +77,19 @@ def build_model(config, vocab):
   m = config.model
   over = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
               dropout_rate=m.dropout_rate)
-  from prompt_tuning.models import decoder as decoder_lib
+  from prompt_tuning.models import bart as bart_lib, decoder as decoder_lib
   if m.hf_checkpoint:
     if convert.read_hf_config(m.hf_checkpoint).get("model_type") in ("t5", "mt5"):
       model = convert.load_t5(m.hf_checkpoint, **over)
     else:
       over.pop("attention_impl")
       model = convert.load(m.hf_checkpoint, **over)
+  elif m.preset in bart_lib.PRESETS:
+    over.pop("attention_impl")
+    cfg = bart_lib.get_config(m.preset, **over)
+    if vocab.vocab_size > cfg.vocab_size:
+      cfg = cfg.replace(vocab_size=vocab.vocab_size)
+    model = bart_lib.Bart(cfg, rngs=nnx.Rngs(config.seed))
   elif m.preset in decoder_lib.PRESETS:
     over.pop("attention_impl")
     cfg = decoder_lib.get_config(m.preset, **over)
