@@ -33,6 +33,7 @@ def get_config():
       eval_tasks=(),               # extra tasks evaluated with the trained params (domain shift)
       domain_shift="",             # a registered pair, e.g. "qqp_to_mrpc" (sets task/eval_tasks)
       num_train=2000, num_eval=256,
+      few_shot=False,              # True: num_train examples sampled at random with `seed`
       max_input_length=48, max_target_length=8, truncate=False,
       vocab="",                    # SentencePiece .model path ("" = the in-repo tiny vocab)
   ))

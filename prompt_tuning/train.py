@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning import checkpoint as ckpt_lib
+from prompt_tuning import events as events_lib
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import optim, sharding
 from prompt_tuning.data import arrays as arrays_lib
@@ -62,8 +63,7 @@ def optimizer_config(config, method_name: str) -> optim.OptimizerConfig:
 
 
 def load_vocab(config):
-  return vocab_lib.SentencePieceVocab(config.data.vocab) if config.data.vocab \
-      else vocab_lib.default_vocab()
+  return vocab_lib.load(config.data.vocab) if config.data.vocab else vocab_lib.default_vocab()
 
 
 def model_reference(config) -> dict:
@@ -126,7 +126,7 @@ def import_tasks():
   return tasks
 
 
-def task_examples(name: str, split: str, n: int, seed: int):
+def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = False):
   if name in synthetic.TASKS:
     return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
   try:
@@ -134,10 +134,10 @@ def task_examples(name: str, split: str, n: int, seed: int):
   except ImportError as e:
     raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
                      f"and the seqio task registry is unavailable ({e})") from e
-  return tasks.text_examples(name, split, n)
+  return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle)
 
 
-def build(config):
+def build(config, with_data: bool = True):
   """Everything a run needs: vocab, trainer, datasets."""
   sharding.maybe_initialize_distributed(config.mesh.coordinator_address or None,
                                         config.mesh.num_processes or None,
@@ -159,7 +159,8 @@ def build(config):
                      f"exceeds train.max_encoder_length ({config.train.max_encoder_length})")
 
   def dataset(task, split, n):
-    ex = task_examples(task, split, n, config.seed)
+    few_shot = split == "train" and d.few_shot
+    ex = task_examples(task, split, n, config.seed, shuffle=few_shot)
     ds = arrays_lib.ArrayDataset(
         arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
         seed=config.seed)
@@ -167,6 +168,8 @@ def build(config):
     ds.task = task
     return ds
 
+  if not with_data:
+    return vocab, trainer, None, {}
   train_task, eval_tasks = resolve_tasks(config)
   train_ds = dataset(train_task, "train", d.num_train)
   eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (train_task,) + eval_tasks}
@@ -240,6 +243,8 @@ def train(config) -> dict:
         f"frozen={trainer.num_frozen:,} devices={jax.device_count()}", flush=True)
   tc = config.train
   start = int(state.step)
+  tb = events_lib.EventWriter(os.path.join(config.output_dir, "tensorboard"))
+  bar = events_lib.Progress(tc.num_steps, start)
   t0, tokens = time.time(), 0.0
   for step in range(start, tc.num_steps):
     batch = train_ds.train_batch(step, tc.batch_size)
@@ -255,14 +260,20 @@ def train(config) -> dict:
       dt = time.time() - t0
       rec = {"step": s, "loss": loss, "grad_norm": float(aux["grad_norm"]),
              "tokens_per_s": tokens / max(dt, 1e-9)}
-      print(f"step {s:6d}  loss {loss:.4f}  {rec['tokens_per_s']:,.0f} tok/s", flush=True)
+      if bar.enabled:
+        bar.update(s, loss=loss, tok_s=rec["tokens_per_s"])
+      else:
+        print(f"step {s:6d}  loss {loss:.4f}  {rec['tokens_per_s']:,.0f} tok/s", flush=True)
       _log(log_path, rec)
+      tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
       t0, tokens = time.time(), 0.0
     if s % tc.checkpoint_every == 0 or s == tc.num_steps:
       metrics = None
       if s % tc.eval_every == 0 or s == tc.num_steps:
         metrics = evaluate_all(trainer, vocab, eval_sets, state.params, config)
         _log(log_path, {"step": s, "eval": metrics})
+        tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+        bar.close()
         print(f"eval step {s}: " + "; ".join(
             f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
             for t, m in metrics.items()), flush=True)
@@ -271,6 +282,8 @@ def train(config) -> dict:
           best_ppl = ppl
           best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
       ckpt.save(state, meta)
+  bar.close()
+  tb.close()
   final = evaluate_all(trainer, vocab, eval_sets, state.params, config)
   ckpt.close()
   result = {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
@@ -288,14 +301,119 @@ def evaluate(config, step: int | None = None) -> dict:
                                                         config)}
 
 
+def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str]],
+                step: int | None = None) -> list[str]:
+  """Mixed-task inference: one shared frozen model; example i uses the soft prompt stored by
+  the run of its task ``inputs[i][0]`` (``prompt_runs[task]`` = that run's output_dir)."""
+  vocab, trainer, _, _ = build(config, with_data=False)
+  if trainer.method.name != "prompt":
+    raise ValueError("mixed-task inference needs method.name='prompt'")
+  ref = json.loads(json.dumps(model_reference(config)))
+  table, index = [], {}
+  for task, run_dir in prompt_runs.items():
+    ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"))
+    meta = ckpt.read_meta(step)
+    if meta.get("method", {}).get("name") != "prompt":
+      raise ValueError(f"{run_dir} is not a prompt-tuning run")
+    if meta.get("model") != ref:
+      raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
+                       f"not {ref}")
+    length = meta["method"]["prompt_length"]
+    if length != trainer.prompt_length:
+      raise ValueError(f"{run_dir} has prompt_length {length}; this config has "
+                       f"{trainer.prompt_length} (all prompts in a batch must have one length)")
+    state, _ = ckpt.restore(trainer.init_state(), step)
+    (prompt,) = jax.tree.leaves(state.params)
+    index[task] = len(table)
+    table.append(np.asarray(prompt))
+    ckpt.close()
+  unknown = sorted({t for t, _ in inputs} - set(index))
+  if unknown:
+    raise ValueError(f"no prompt run given for task(s) {unknown}; have {sorted(index)}")
+  table = np.stack(table)
+  ex = [{"inputs": text, "targets": ""} for _, text in inputs]
+  arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
+  prompts = table[[index[t] for t, _ in inputs]]
+  template = trainer.init_state().params  # the prompt slot is unused: per-example prompts win
+  pred = trainer.decode(template, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
+                        config.train.max_decode_length, prompts=prompts)
+  return [vocab.decode(p) for p in pred]
+
+
 def infer(config, texts, step: int | None = None) -> list[str]:
-  vocab, trainer, _, _ = build(config)
+  vocab, trainer, _, _ = build(config, with_data=False)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   state, _ = ckpt.restore(trainer.init_state(), step)
   ex = [{"inputs": t, "targets": ""} for t in texts]
   arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
-  pred = trainer.decode(state.params, {"inputs": arr["inputs"]}, config.train.max_decode_length)
+  pred = trainer.decode(state.params, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
+                        config.train.max_decode_length)
   return [vocab.decode(p) for p in pred]
+
+
+# ------------------------------------------------------------------------------ sweeps
+def apply_overrides(config, overrides: dict):
+  """Returns a copy of ``config`` with dotted-key overrides ("method.prompt_length": 50)."""
+  import copy
+  c = copy.deepcopy(config)
+  c.unlock()
+  for key, value in overrides.items():
+    node, parts = c, key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    if parts[-1] not in node:
+      raise ValueError(f"sweep override names unknown config key {key!r}")
+    node[parts[-1]] = value
+  c.lock()
+  return c
+
+
+def summarize(results: dict[str, dict], groups: dict[str, str]) -> dict:
+  """Mean and (population) std of every numeric eval metric over the runs of each group."""
+  by_group: dict[str, list] = {}
+  for name, res in results.items():
+    by_group.setdefault(groups.get(name, name), []).append(res)
+  out = {}
+  for g, runs in by_group.items():
+    vals: dict[str, list] = {}
+    for r in runs:
+      for task, m in r["eval"].items():
+        for k, v in m.items():
+          vals.setdefault(f"{task}/{k}", []).append(float(v))
+    out[g] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+              for k, v in vals.items()}
+  return out
+
+
+def sweep(config, runs: list[dict]) -> dict:
+  """Trains every run of a sweep into output_dir/<name>; writes results.jsonl and summary.json."""
+  if not runs:
+    raise ValueError("the config's get_sweep() returned no runs")
+  base_dir = config.output_dir
+  os.makedirs(base_dir, exist_ok=True)
+  results, groups = {}, {}
+  for run in runs:
+    run = dict(run)
+    name = run.pop("name")
+    groups[name] = run.pop("group", name)
+    c = apply_overrides(config, dict(run, output_dir=os.path.join(base_dir, name)))
+    print(f"=== sweep run {name}: {run}", flush=True)
+    results[name] = train(c)
+    _log(os.path.join(base_dir, "results.jsonl"), {"run": name, "overrides": run, **results[name]})
+  summary = summarize(results, groups)
+  with open(os.path.join(base_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+  return {"runs": list(results), "summary": summary}
+
+
+def _load_sweep(config_path: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_sweep_config", config_path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  if not hasattr(mod, "get_sweep"):
+    raise ValueError(f"{config_path} defines no get_sweep()")
+  return mod.get_sweep()
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -308,6 +426,8 @@ def _parse(argv, command):
                                   lock_config=True)
   flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
   flags.DEFINE_multi_string("input", [], "input text for `infer` (repeatable)", flag_values=fv)
+  flags.DEFINE_multi_string("prompt_run", [], "TASK=RUN_DIR: mixed-task `infer` with the prompt "
+                            "stored in each run (inputs then are TASK::TEXT)", flag_values=fv)
   fv(argv)
   return fv
 
@@ -321,12 +441,23 @@ def main(argv=None, command: str = "train") -> int:
       result = train(config)
     elif command == "eval":
       result = evaluate(config, fv.step)
+    elif command == "sweep":
+      result = sweep(config, _load_sweep(fv["config"].config_filename))
     elif command == "infer":
       if not fv.input:
         raise ValueError("infer needs at least one --input")
-      result = {"outputs": infer(config, fv.input, fv.step)}
+      if fv.prompt_run:  # mixed-task batch: --prompt_run TASK=DIR, --input TASK::TEXT
+        runs = dict(r.split("=", 1) for r in fv.prompt_run)
+        pairs = []
+        for text in fv.input:
+          if "::" not in text:
+            raise ValueError(f"with --prompt_run, inputs are TASK::TEXT; got {text!r}")
+          pairs.append(tuple(text.split("::", 1)))
+        result = {"outputs": infer_mixed(config, runs, pairs, fv.step)}
+      else:
+        result = {"outputs": infer(config, fv.input, fv.step)}
     else:
-      raise ValueError(f"unknown command {command!r}; use train, eval or infer")
+      raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
   except (ValueError, KeyError, FileNotFoundError, TrainingError, AttributeError) as e:
     text = str(e.args[0]) if e.args else str(e)
     text = " ".join(line.strip().strip("'") for line in text.splitlines() if line.strip())

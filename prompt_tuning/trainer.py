@@ -207,16 +207,17 @@ class Trainer:
       return {"loss_sum": loss_sum, "weight_sum": weight_sum,
               "seq_correct": jnp.sum(seq_correct), "count": jnp.asarray(pred.shape[0])}
 
-  def _decode_fn(self, params, frozen, batch, max_decode_len):
+  def _decode_fn(self, params, frozen, batch, max_decode_len, prompts=None):
     self.trace_counts["decode"] += 1
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
       if self.decoder_only:
         from prompt_tuning.models.decoder import greedy_generate
         return greedy_generate(model, batch["inputs"], jnp.sum(batch["input_mask"], axis=1),
-                               max_decode_len)
+                               max_decode_len, prompts=prompts)
       from prompt_tuning.models.t5 import greedy_decode
-      return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len)
+      return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len,
+                           prompts=prompts)
 
   # ---------------------------------------------------------------------------- public API
   def train_step(self, state: TrainState, batch: dict):
@@ -237,10 +238,16 @@ class Trainer:
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
             "sequence_accuracy": float(tot["seq_correct"]) / max(int(tot["count"]), 1)}
 
-  def decode(self, params, batch: dict, max_decode_len: int) -> np.ndarray:
+  def decode(self, params, batch: dict, max_decode_len: int, prompts=None) -> np.ndarray:
+    """Greedy decoding. ``prompts`` [B, L, D] gives each example its own soft prompt (mixed-task
+    batches on one frozen model); by default the model's own prompt, if any, is used."""
     b = dict(batch)
     b.setdefault("targets", np.zeros((np.shape(b["inputs"])[0], 1), np.int32))
     b = complete_batch(b, self.cfg.pad_token_id)
     self.check_batch(b)
     b = sharding.shard_batch({k: b[k] for k in ("inputs", "input_mask", "targets")}, self.mesh)
-    return np.asarray(self._decode(params, self.frozen, b, int(max_decode_len)))
+    if prompts is not None:
+      prompts = jnp.asarray(prompts, jnp.float32)
+      if prompts.ndim != 3 or prompts.shape[0] != np.shape(batch["inputs"])[0]:
+        raise ValueError(f"prompts must be [batch, length, d_model], got {prompts.shape}")
+    return np.asarray(self._decode(params, self.frozen, b, int(max_decode_len), prompts))

@@ -15,8 +15,10 @@ def encode_examples(examples: Sequence[dict], vocab, max_input_length: int,
   n = len(examples)
   if n == 0:
     raise ValueError("no examples to encode")
-  out = {"inputs": np.zeros((n, max_input_length), np.int32),
-         "targets": np.zeros((n, max_target_length), np.int32)}
+  pad = getattr(vocab, "pad_id", 0)
+  out = {"inputs": np.full((n, max_input_length), pad, np.int32),
+         "targets": np.full((n, max_target_length), pad, np.int32)}
+  lengths = {"inputs": np.zeros(n, np.int32), "targets": np.zeros(n, np.int32)}
   for i, ex in enumerate(examples):
     for key, length in (("inputs", max_input_length), ("targets", max_target_length)):
       if key not in ex:
@@ -28,8 +30,12 @@ def encode_examples(examples: Sequence[dict], vocab, max_input_length: int,
                            f"max_{key[:-1]}_length={length}; raise the limit or set truncate=True")
         ids = ids[:length - 1] + [vocab.eos_id]
       out[key][i, :len(ids)] = ids
-  out["input_mask"] = (out["inputs"] != 0).astype(np.int32)
-  out["target_weights"] = (out["targets"] != 0).astype(np.float32)
+      lengths[key][i] = len(ids)
+  # Masks from true lengths (a pad id may also occur as a real token, e.g. GPT-2's EOS).
+  out["input_mask"] = (np.arange(max_input_length)[None] < lengths["inputs"][:, None]
+                       ).astype(np.int32)
+  out["target_weights"] = (np.arange(max_target_length)[None] < lengths["targets"][:, None]
+                           ).astype(np.float32)
   return out
 
 

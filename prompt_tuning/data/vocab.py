@@ -74,3 +74,51 @@ def default_vocab(vocab_size: int = 200, cache_dir: str | None = None) -> Senten
     with open(BUNDLED_CORPUS) as f:
       train_sentencepiece((l.strip() for l in f if l.strip()), d, vocab_size)
   return SentencePieceVocab(path)
+
+
+class HFTokenizerVocab:
+  """A Hugging Face ``tokenizer.json`` (BPE for BART / GPT-2, etc.) through ``tokenizers``."""
+
+  def __init__(self, path: str, pad_token: str = "<pad>", eos_token: str = "</s>"):
+    if os.path.isdir(path):
+      path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    from tokenizers import Tokenizer
+    self.path = path
+    self.tok = Tokenizer.from_file(path)
+    eos = self.tok.token_to_id(eos_token)
+    if eos is None:
+      eos = self.tok.token_to_id("<|endoftext|>")
+    if eos is None:
+      raise ValueError(f"{path!r}: no {eos_token!r} or '<|endoftext|>' token")
+    pad = self.tok.token_to_id(pad_token)
+    self.eos_id = eos
+    self.pad_id = eos if pad is None else pad
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tok.get_vocab_size()
+
+  def encode(self, text: str) -> list[int]:
+    return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+  def decode(self, ids) -> str:
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i != self.pad_id and 0 <= i < self.vocab_size:
+        out.append(i)
+    return self.tok.decode(out)
+
+
+def load(path: str):
+  """A SentencePiece ``.model`` file, or a Hugging Face ``tokenizer.json`` (file or directory)."""
+  if path.endswith(".json") or (os.path.isdir(path) and
+                                os.path.exists(os.path.join(path, "tokenizer.json"))):
+    return HFTokenizerVocab(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, "spiece.model")
+  return SentencePieceVocab(path)

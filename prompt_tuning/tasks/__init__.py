@@ -30,14 +30,27 @@ def _spec(name: str):
   return SPECS[name]
 
 
-def text_examples(name: str, split: str, n: int | None = None, seed: int = 0) -> list[dict]:
-  """Formatted (untokenized) examples of a task: {"inputs", "targets", extras...} strings."""
+def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
+                  shuffle: bool = False) -> list[dict]:
+  """Formatted (untokenized) examples of a task: {"inputs", "targets", extras...} strings.
+
+  ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs); a mixture name gives an
+  equal share of ``n`` from each of its tasks, interleaved.
+  """
+  if name in seqio.MixtureRegistry.names():
+    subs = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+    per = None if n is None else max(1, n // len(subs))
+    parts = [text_examples(t, split, per, seed, shuffle) for t in subs]
+    mixed = [ex for group in zip(*parts) for ex in group]
+    return mixed[:n] if n else mixed
   spec = _spec(name)
   task = seqio.get_mixture_or_task(name)
   try:
     ds = task.source.get_dataset(split=split, shuffle=False)
   except (KeyError, ValueError) as e:
     raise ValueError(f"task {name!r}: cannot read split {split!r}: {e}") from e
+  if shuffle:
+    ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
   ds = ds.map(spec.formatter)
   if n:
     ds = ds.take(n)

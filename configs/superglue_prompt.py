@@ -1,0 +1,28 @@
+"""Prompt tuning T5 (LM-adapted) on SuperGLUE, Lester et al. (2021): prompt length 100, class-label
+init, Adafactor at lr 0.3, evaluated on all eight dev sets.
+
+  prompt-tuning train --config configs/superglue_prompt.py \\
+      --config.model.hf_checkpoint=/ckpt/t5-v1_1-lm-adapt-base \\
+      --config.data.vocab=/ckpt/t5-v1_1-lm-adapt-base/spiece.model
+"""
+from prompt_tuning.default_config import get_config as base
+
+TASKS = ("super_glue_boolq", "super_glue_cb", "super_glue_copa", "super_glue_multirc",
+         "super_glue_record", "super_glue_rte", "super_glue_wic", "super_glue_wsc")
+
+
+def get_config():
+  c = base()
+  c.unlock()
+  c.output_dir = "runs/superglue_prompt"
+  c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
+  c.method.update(name="prompt", prompt_length=100, prompt_init="class_labels",
+                  class_labels=("True", "False", "entailment", "not_entailment", "contradiction",
+                                "neutral", "choice1", "choice2"))
+  c.optimizer.update(name="adafactor", learning_rate=0.3, decay_rate=0.8, clipping_threshold=1.0)
+  c.data.update(task="super_glue", eval_tasks=TASKS, num_train=0, num_eval=0,
+                max_input_length=512, max_target_length=16, truncate=True)
+  c.train.update(batch_size=32, num_steps=30000, eval_every=1000, checkpoint_every=1000,
+                 max_decode_length=16, max_encoder_length=612)
+  c.lock()
+  return c
