@@ -26,7 +26,8 @@ setup(
         # The data layer: seqio task registries over TFDS, and their metrics.
         "tasks": TASKS,
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
-        "test": ["pytest", "torch==2.13.0", "transformers>=5"] + TASKS,
+        "test": ["pytest", "torch==2.13.0", "transformers>=5", "nbclient", "nbformat", "ipykernel",
+                 "matplotlib"] + TASKS,
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli:main"]},
 )
