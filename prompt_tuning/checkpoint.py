@@ -114,8 +114,10 @@ class Checkpointer:
           state=ocp.args.StandardRestore(jax.tree.map(abstract, tmpl)),
           meta=ocp.args.JsonRestore()))
     except (ValueError, KeyError) as e:
-      raise ValueError(f"checkpoint {self.directory}/{step} does not match this model / tuning "
-                       f"method: {e}") from e
+      detail = " ".join(str(e).split())
+      detail = detail[:300] + (" ..." if len(detail) > 300 else "")
+      raise ValueError(f"checkpoint {self.directory}/{step} does not match this model, tuning "
+                       f"method or optimizer: {detail}") from e
     raw = out["state"]
     params = from_nested(template_state.params, raw["params"], f"checkpoint step {step}")
     opt_state = from_nested(template_state.opt_state, raw["opt_state"], f"checkpoint step {step}")

@@ -251,12 +251,17 @@ def train(config) -> dict:
     state, aux = trainer.train_step(state, batch)
     tokens += batch["inputs"].size + batch["targets"].size
     s = step + 1
-    if s % tc.log_every == 0 or s == tc.num_steps:
+    save_now = s % tc.checkpoint_every == 0 or s == tc.num_steps
+    if save_now or s % tc.log_every == 0:
+      # Checked before anything is logged or saved: a non-finite loss never reaches a checkpoint.
       loss = float(aux["loss"])
-      if not math.isfinite(loss):
+      if not math.isfinite(loss) or not bool(aux["finite"]):
         last = ckpt.latest_step()
-        raise TrainingError(f"loss became {loss} at step {s}; stopped. Last good checkpoint: "
+        ckpt.close()
+        what = f"loss became {loss}" if not math.isfinite(loss) else "parameters became non-finite"
+        raise TrainingError(f"{what} at step {s}; stopped. Last good checkpoint: "
                             f"{'none' if last is None else f'step {last}'} in {ckpt.directory}")
+    if s % tc.log_every == 0 or s == tc.num_steps:
       dt = time.time() - t0
       rec = {"step": s, "loss": loss, "grad_norm": float(aux["grad_norm"]),
              "tokens_per_s": tokens / max(dt, 1e-9)}
@@ -267,7 +272,7 @@ def train(config) -> dict:
       _log(log_path, rec)
       tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
       t0, tokens = time.time(), 0.0
-    if s % tc.checkpoint_every == 0 or s == tc.num_steps:
+    if save_now:
       metrics = None
       if s % tc.eval_every == 0 or s == tc.num_steps:
         metrics = evaluate_all(trainer, vocab, eval_sets, state.params, config)

@@ -191,6 +191,10 @@ class Trainer:
       grads, aux = jax.grad(self._loss, has_aux=True)(state.params, frozen, batch, rng)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
+      # Finite loss *and* finite updated params: what a checkpoint of this step would hold.
+      aux["finite"] = jnp.logical_and(
+          jnp.isfinite(aux["loss"]),
+          jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])))
       aux["grad_norm"] = (optax.tree.norm(grads) if hasattr(optax, "tree") and hasattr(optax.tree, "norm")
                            else optax.global_norm(grads))
       return TrainState(state.step + 1, params, opt_state), aux
