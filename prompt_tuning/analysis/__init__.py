@@ -1,0 +1,1 @@
+"""Analysis tools: scaling-law fits and sweeps."""
