@@ -1,0 +1,110 @@
+"""Sparse fine-tuning diffs and tuned-vs-pretrained distances (Radiya-Dixit & Wang 2020).
+
+* :func:`param_distances` / :func:`per_layer`: L2, relative L2 and angle between tuned and
+  pre-trained weights, per parameter and per layer (block).
+* :func:`sparsify` keeps, in every tuned matrix, the fraction of entries whose change is largest
+  in magnitude and stores only those (flat indices + values); :func:`apply_diff` rebuilds the
+  tuned weights from the pre-trained ones. ``save_diff`` / ``load_diff`` write it as ``.npz``.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    keys = [k for k in keys if k != "value"]
+    out[".".join(keys)] = np.asarray(leaf, np.float32)
+  return out
+
+
+def param_distances(pretrained, tuned) -> list[dict]:
+  """One row per tuned parameter (paths present in both trees)."""
+  pre, tun = _flat(pretrained), _flat(tuned)
+  rows = []
+  for path in sorted(set(pre) & set(tun)):
+    a, b = pre[path].ravel(), tun[path].ravel()
+    if a.shape != b.shape:
+      raise ValueError(f"{path}: shapes differ {pre[path].shape} vs {tun[path].shape}")
+    diff = np.linalg.norm(b - a)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else 1.0
+    rows.append({"path": path, "l2": float(diff), "rel_l2": float(diff / na) if na > 0 else 0.0,
+                 "angle_deg": float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
+                 "numel": int(a.size)})
+  if not rows:
+    raise ValueError("the two parameter trees share no parameter paths")
+  return rows
+
+
+def layer_of(path: str) -> str:
+  m = re.match(r"((?:encoder\.|decoder\.)?(?:blocks|layers)\.\d+)\.", path)
+  return m.group(1) if m else path.split(".")[0]
+
+
+def per_layer(rows: list[dict]) -> dict[str, dict]:
+  """Aggregates rows by layer: L2 of the concatenated change, relative to the layer's norm."""
+  out: dict[str, dict] = {}
+  for r in rows:
+    g = out.setdefault(layer_of(r["path"]), {"sq_diff": 0.0, "sq_pre": 0.0, "numel": 0})
+    g["sq_diff"] += r["l2"] ** 2
+    g["sq_pre"] += (r["l2"] / r["rel_l2"]) ** 2 if r["rel_l2"] > 0 else 0.0
+    g["numel"] += r["numel"]
+  return {k: {"l2": v["sq_diff"] ** 0.5,
+              "rel_l2": (v["sq_diff"] / v["sq_pre"]) ** 0.5 if v["sq_pre"] > 0 else 0.0,
+              "numel": v["numel"]} for k, v in out.items()}
+
+
+def sparsify(pretrained, tuned, fraction: float) -> dict[str, tuple]:
+  """{path: (flat_indices int64, values float32, shape)} keeping ``fraction`` of each matrix's
+  entries with the largest |tuned - pretrained| (ties broken by index order)."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+  pre, tun = _flat(pretrained), _flat(tuned)
+  out = {}
+  for path in sorted(set(pre) & set(tun)):
+    delta = (tun[path] - pre[path]).ravel()
+    k = max(1, int(round(fraction * delta.size)))
+    idx = np.sort(np.argsort(-np.abs(delta), kind="stable")[:k])
+    out[path] = (idx.astype(np.int64), delta[idx].astype(np.float32), pre[path].shape)
+  return out
+
+
+def apply_diff(pretrained, diff: dict[str, tuple]):
+  """Pre-trained tree + sparse diff -> tuned tree (same structure as ``pretrained``)."""
+  paths = list(_flat(pretrained))
+  leaves, treedef = jax.tree_util.tree_flatten(pretrained)
+  new = []
+  for path, leaf in zip(paths, leaves):
+    arr = np.array(leaf, np.float32)
+    if path in diff:
+      idx, vals, shape = diff[path]
+      if tuple(shape) != arr.shape:
+        raise ValueError(f"{path}: diff shape {tuple(shape)} != parameter shape {arr.shape}")
+      flat = arr.ravel()
+      flat[idx] += vals
+      arr = flat.reshape(arr.shape)
+    new.append(arr.astype(np.asarray(leaf).dtype))
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def save_diff(path: str, diff: dict[str, tuple]):
+  arrays = {}
+  for p, (idx, vals, shape) in diff.items():
+    arrays[f"{p}|idx"], arrays[f"{p}|val"] = idx, vals
+    arrays[f"{p}|shape"] = np.asarray(shape, np.int64)
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_diff(path: str) -> dict[str, tuple]:
+  z = np.load(path)
+  names = {k.rsplit("|", 1)[0] for k in z.files}
+  return {n: (z[f"{n}|idx"], z[f"{n}|val"], tuple(z[f"{n}|shape"])) for n in names}
