@@ -29,7 +29,7 @@ def param_distances(pretrained, tuned) -> list[dict]:
   pre, tun = _flat(pretrained), _flat(tuned)
   rows = []
   for path in sorted(set(pre) & set(tun)):
-    a, b = pre[path].ravel(), tun[path].ravel()
+    a, b = pre[path].ravel().astype(np.float64), tun[path].ravel().astype(np.float64)
     if a.shape != b.shape:
       raise ValueError(f"{path}: shapes differ {pre[path].shape} vs {tun[path].shape}")
     diff = np.linalg.norm(b - a)
