@@ -34,6 +34,8 @@ def get_config():
       domain_shift="",             # a registered pair, e.g. "qqp_to_mrpc" (sets task/eval_tasks)
       num_train=2000, num_eval=256,
       few_shot=False,              # True: num_train examples sampled at random with `seed`
+      instructions=False,          # prepend each task's natural-language instruction
+                                   # (task may also be "taskA+taskB": an ad-hoc mixture)
       max_input_length=48, max_target_length=8, truncate=False,
       vocab="",                    # SentencePiece .model path ("" = the in-repo tiny vocab)
   ))

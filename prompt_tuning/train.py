@@ -126,7 +126,8 @@ def import_tasks():
   return tasks
 
 
-def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = False):
+def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = False,
+                  instructions: bool = False):
   if name in synthetic.TASKS:
     return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
   try:
@@ -134,6 +135,19 @@ def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = Fals
   except ImportError as e:
     raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
                      f"and the seqio task registry is unavailable ({e})") from e
+  if instructions:  # per sub-task instruction text (mixtures: each task its own)
+    subs = name.split("+") if "+" in name else [name]
+    if len(subs) > 1 or name not in tasks.SPECS:
+      import seqio
+      if "+" not in name:
+        subs = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+      per = None if not n else max(1, n // len(subs))
+      parts = [tasks.with_instruction(t, tasks.text_examples(t, split, per, seed=seed,
+                                                             shuffle=shuffle)) for t in subs]
+      mixed = [ex for group in zip(*parts) for ex in group]
+      return mixed[:n] if n else mixed
+    return tasks.with_instruction(name, tasks.text_examples(name, split, n, seed=seed,
+                                                            shuffle=shuffle))
   return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle)
 
 
@@ -160,7 +174,8 @@ def build(config, with_data: bool = True):
 
   def dataset(task, split, n):
     few_shot = split == "train" and d.few_shot
-    ex = task_examples(task, split, n, config.seed, shuffle=few_shot)
+    ex = task_examples(task, split, n, config.seed, shuffle=few_shot,
+                       instructions=d.instructions)
     ds = arrays_lib.ArrayDataset(
         arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
         seed=config.seed)
@@ -200,7 +215,8 @@ def evaluate_all(trainer, vocab, eval_sets, params, config) -> dict:
     for b in ds.eval_batches(bs):
       pred = trainer.decode(params, {"inputs": b["inputs"]}, config.train.max_decode_length)
       preds += [vocab.decode(p) for p, v in zip(pred, b["valid"]) if v]
-    if name in synthetic.TASKS:
+    if name in synthetic.TASKS or name not in import_tasks().SPECS:
+      # Synthetic tasks and mixtures (no metric of their own): exact-match accuracy.
       targets = [vocab.decode(t) for t in ds.arrays["targets"]]
       m["accuracy"] = sum(p == t for p, t in zip(preds, targets)) / max(len(targets), 1)
     else:

@@ -137,3 +137,30 @@ def test_domain_shift_training_run(tmp_path):
   assert res["best"]["step"] == 4
   assert res["best"]["dev_perplexity"] == pytest.approx(
       res["eval"]["glue_qqp_paraphrase"]["perplexity"], rel=1e-5)
+
+
+def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
+  from prompt_tuning import train as train_lib
+  from prompt_tuning.default_config import get_config
+  with tfds.testing.mock_data(num_examples=16):
+    plain = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0)
+    instr = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0,
+                                    instructions=True)
+    assert [e["inputs"].split(" ")[0] for e in plain] == ["rte", "cb", "rte", "cb"]
+    assert instr[0]["inputs"] == tasks.INSTRUCTIONS["super_glue_rte"] + " " + plain[0]["inputs"]
+    assert instr[1]["inputs"] == tasks.INSTRUCTIONS["super_glue_cb"] + " " + plain[1]["inputs"]
+    c = get_config()
+    c.unlock()
+    c.output_dir = str(tmp_path)
+    c.method.prompt_length = 4
+    c.data.update(task="super_glue_rte+super_glue_cb", eval_tasks=("glue_mrpc_paraphrase",),
+                  instructions=True, num_train=16, num_eval=8, max_input_length=96,
+                  max_target_length=8, truncate=True)
+    c.train.update(batch_size=8, num_steps=2, log_every=2, eval_every=2, checkpoint_every=2,
+                   eval_batch_size=8, max_decode_length=4)
+    c.lock()
+    res = train_lib.train(c)
+  mix = res["eval"]["super_glue_rte+super_glue_cb"]
+  assert {"loss", "perplexity", "accuracy"} <= set(mix)       # exact match for the mixture
+  held = res["eval"]["glue_mrpc_paraphrase"]
+  assert {"accuracy", "f1"} <= set(held)                      # held-out task: its own metrics

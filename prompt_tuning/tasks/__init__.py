@@ -16,8 +16,8 @@ import tensorflow as tf  # noqa: E402
 tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerators for JAX
 
 from prompt_tuning.tasks import metrics  # noqa: E402,F401
-from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, SPECS, register_all,  # noqa: E402
-                                          register_mlsum, summarize_prefix)
+from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPECS,  # noqa: E402
+                                          register_all, register_mlsum, summarize_prefix)
 
 register_all()
 
@@ -37,8 +37,9 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
   ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs); a mixture name gives an
   equal share of ``n`` from each of its tasks, interleaved.
   """
-  if name in seqio.MixtureRegistry.names():
-    subs = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+  if name in seqio.MixtureRegistry.names() or "+" in name:
+    subs = name.split("+") if "+" in name else \
+        [t.name for t in seqio.get_mixture_or_task(name).tasks]
     per = None if n is None else max(1, n // len(subs))
     parts = [text_examples(t, split, per, seed, shuffle) for t in subs]
     mixed = [ex for group in zip(*parts) for ex in group]
@@ -58,6 +59,12 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
   for ex in ds.as_numpy_iterator():
     out.append({k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()})
   return out
+
+
+def with_instruction(name: str, examples: list[dict]) -> list[dict]:
+  """Prepends the task's natural-language instruction to every input."""
+  text = INSTRUCTIONS[_spec(name).name]
+  return [dict(ex, inputs=f"{text} {ex['inputs']}") for ex in examples]
 
 
 def score(name: str, examples: list[dict], predictions: list[str]) -> dict:

@@ -38,6 +38,27 @@ class TaskSpec:
 
 
 SPECS: dict[str, TaskSpec] = {}
+
+# Natural-language instructions, prepended to the input when ``data.instructions`` is on
+# (multi-task runs with vs. without instruction text, Albalak et al. 2022).
+INSTRUCTIONS = {
+    "super_glue_boolq": "Answer the yes/no question about the passage with True or False.",
+    "super_glue_cb": "Does the premise entail, contradict, or say nothing about the hypothesis?",
+    "super_glue_copa": "Which choice is the more plausible cause or effect of the premise?",
+    "super_glue_multirc": "Is the answer to the question about the paragraph correct?",
+    "super_glue_record": "Fill in @placeholder in the query with an entity from the passage.",
+    "super_glue_rte": "Does the first sentence entail the second sentence?",
+    "super_glue_wic": "Is the word used with the same meaning in both sentences?",
+    "super_glue_wsc": "Does the second span refer to the first span in the text?",
+    "glue_qqp_paraphrase": "Do the two sentences mean the same thing?",
+    "glue_mrpc_paraphrase": "Do the two sentences mean the same thing?",
+    "wmt14_ende": "Translate the English text into German.",
+    "wmt19_enzh": "Translate the English text into Chinese.",
+    "cnn_dailymail_en": "Write a short summary of the news article.",
+    "mlsum_de": "Write a short summary of the news article in German.",
+    "mlsum_es": "Write a short summary of the news article in Spanish.",
+    "mlsum_fr": "Write a short summary of the news article in French.",
+}
 DOMAIN_SHIFT_PAIRS = {"qqp_to_mrpc": ("glue_qqp_paraphrase", "glue_mrpc_paraphrase"),
                       "mrpc_to_qqp": ("glue_mrpc_paraphrase", "glue_qqp_paraphrase")}
 
