@@ -59,3 +59,30 @@ def test_sparse_diff_keeps_largest_changes_and_round_trips(tmp_path):
       assert np.abs(delta[~kept]).max() <= np.abs(delta[kept]).min() + 1e-7
   with pytest.raises(ValueError, match="fraction"):
     sparse.sparsify(pre, tuned, 0.0)
+
+
+def test_sparsify_a_finished_run(tmp_path):
+  import json
+  import os
+  from prompt_tuning import train as train_lib
+  from prompt_tuning.default_config import get_config
+  c = get_config()
+  c.unlock()
+  c.output_dir = str(tmp_path)
+  c.method.update(name="layers", last_k_blocks=1)
+  c.optimizer.update(name="adamw", learning_rate=1e-3)
+  c.data.update(num_train=32, num_eval=16)
+  c.train.update(batch_size=8, num_steps=3, log_every=3, eval_every=3, checkpoint_every=3,
+                 eval_batch_size=16)
+  c.lock()
+  train_lib.train(c)
+  rep = sparse.sparsify_run(c, 0.25)
+  assert abs(rep["kept_entries"] / rep["total_entries"] - 0.25) < 0.01
+  assert set(rep["per_layer"]) == {"encoder.blocks.1", "decoder.blocks.1"}
+  for key in ("eval_dense", "eval_sparse"):
+    assert np.isfinite(rep[key]["synthetic_sentiment"]["loss"])
+  assert os.path.exists(tmp_path / "sparse_diff.npz")
+  assert json.load(open(tmp_path / "distances.json"))["fraction"] == 0.25
+  # The sparse diff is much smaller on disk than the tuned layers themselves.
+  tuned_bytes = 4 * rep["total_entries"]
+  assert os.path.getsize(tmp_path / "sparse_diff.npz") < 0.75 * tuned_bytes

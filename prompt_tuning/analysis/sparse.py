@@ -108,3 +108,57 @@ def load_diff(path: str) -> dict[str, tuple]:
   z = np.load(path)
   names = {k.rsplit("|", 1)[0] for k in z.files}
   return {n: (z[f"{n}|idx"], z[f"{n}|val"], tuple(z[f"{n}|shape"])) for n in names}
+
+
+def sparsify_run(config, fraction: float, step: int | None = None) -> dict:
+  """For a finished run (``config.output_dir``): per-layer distances to the pre-trained weights
+  (``distances.json``), the sparse diff keeping ``fraction`` of each matrix's entries
+  (``sparse_diff.npz``, the only artifact needed besides the frozen model), and dev metrics of
+  the dense and the sparsified model."""
+  import json
+  from prompt_tuning import checkpoint as ckpt_lib
+  from prompt_tuning import train as train_lib
+  vocab, trainer, _, eval_sets = train_lib.build(config)
+  template = trainer.init_state()
+  pre = jax.tree.map(np.asarray, template.params)  # the tuned variables' starting values
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  state, _ = ckpt.restore(template, step)
+  ckpt.close()
+  rows = param_distances(pre, state.params)
+  diff = sparsify(pre, state.params, fraction)
+  out = config.output_dir
+  save_diff(os.path.join(out, "sparse_diff.npz"), diff)
+  sparse_params = apply_diff(pre, diff)
+  report = {
+      "fraction": fraction, "step": int(state.step),
+      "kept_entries": int(sum(len(v[0]) for v in diff.values())),
+      "total_entries": int(sum(r["numel"] for r in rows)),
+      "per_layer": per_layer(rows), "per_parameter": rows,
+      "eval_dense": train_lib.evaluate_all(trainer, vocab, eval_sets, state.params, config),
+      "eval_sparse": train_lib.evaluate_all(trainer, vocab, eval_sets, sparse_params, config),
+  }
+  with open(os.path.join(out, "distances.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def main(argv=None):
+  """python -m prompt_tuning.analysis.sparse --config CFG --config.output_dir RUN --fraction F"""
+  import json
+  import sys
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(__file__), "..",
+                                                         "default_config.py"),
+                                  "the run's config", flag_values=fv, lock_config=True)
+  flags.DEFINE_float("fraction", 0.1, "fraction of each matrix's entries to keep", flag_values=fv)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
+  fv(list(sys.argv if argv is None else argv))
+  rep = sparsify_run(fv.config, fv.fraction, fv.step)
+  print(json.dumps({k: rep[k] for k in ("fraction", "step", "kept_entries", "total_entries",
+                                        "per_layer", "eval_dense", "eval_sparse")}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
