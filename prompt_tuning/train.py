@@ -84,23 +84,21 @@ def build_model(config, vocab):
     else:
       over.pop("attention_impl")
       model = convert.load(m.hf_checkpoint, **over)
-  elif m.preset in bart_lib.PRESETS:
-    over.pop("attention_impl")
-    cfg = bart_lib.get_config(m.preset, **over)
-    if vocab.vocab_size > cfg.vocab_size:
-      cfg = cfg.replace(vocab_size=vocab.vocab_size)
-    model = bart_lib.Bart(cfg, rngs=nnx.Rngs(config.seed))
-  elif m.preset in decoder_lib.PRESETS:
-    over.pop("attention_impl")
-    cfg = decoder_lib.get_config(m.preset, **over)
-    if vocab.vocab_size > cfg.vocab_size:
-      cfg = cfg.replace(vocab_size=vocab.vocab_size)
-    model = decoder_lib.DecoderLM(cfg, rngs=nnx.Rngs(config.seed))
   else:
-    cfg = t5.get_config(m.preset, **over)
+    families = [(bart_lib.PRESETS, bart_lib.get_config, bart_lib.Bart, False),
+                (decoder_lib.PRESETS, decoder_lib.get_config, decoder_lib.DecoderLM, False),
+                (t5.PRESETS, t5.get_config, t5.T5, True)]
+    match = [f for f in families if m.preset in f[0]]
+    if not match:
+      known = sorted(p for f in families for p in f[0])
+      raise ValueError(f"unknown model preset {m.preset!r}; known: {known}")
+    _, get_cfg, cls, has_attention_impl = match[0]
+    if not has_attention_impl:
+      over.pop("attention_impl")
+    cfg = get_cfg(m.preset, **over)
     if vocab.vocab_size > cfg.vocab_size:
       cfg = cfg.replace(vocab_size=vocab.vocab_size)
-    model = t5.T5(cfg, rngs=nnx.Rngs(config.seed))
+    model = cls(cfg, rngs=nnx.Rngs(config.seed))
   if vocab.vocab_size > model.cfg.vocab_size:
     raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
                      f"{model.cfg.vocab_size}")

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning.models.layers import (DenseGeneral, Embed, LayerNorm, PromptParam, activation,
-                                         constrain, dropout, param)
+from prompt_tuning.models.layers import (DenseGeneral, Embed, LayerNorm, SoftPromptMixin,
+                                         activation, constrain, dropout, param)
 from prompt_tuning.models.t5 import NEG_INF, mask_bias
 
 POS_OFFSET = 2
@@ -169,7 +169,7 @@ class Stack(nnx.Module):
     return x, (caches if cache is not None else None)
 
 
-class Bart(nnx.Module):
+class Bart(SoftPromptMixin, nnx.Module):
 
   def __init__(self, cfg: BartConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -179,16 +179,6 @@ class Bart(nnx.Module):
     self.final_logits_bias = param(None, (cfg.vocab_size,), ("vocab",), init="zeros")
     self.prompt = nnx.data(None)
 
-  def set_prompt(self, value):
-    value = jnp.asarray(value, jnp.float32)
-    if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
-      raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
-    self.prompt = PromptParam(value, axes=("prompt", "embed"))
-
-  @property
-  def prompt_length(self) -> int:
-    return 0 if self.prompt is None else int(self.prompt.shape[0])
-
   @property
   def embed_scale(self):
     return self.cfg.d_model ** 0.5 if self.cfg.scale_embedding else 1.0
@@ -196,16 +186,9 @@ class Bart(nnx.Module):
   def encode(self, input_ids, input_mask=None, prompts=None, rng=None):
     if input_mask is None:
       input_mask = (input_ids != self.cfg.pad_token_id).astype(jnp.int32)
-    x = self.shared(input_ids) * self.embed_scale
-    if prompts is None and self.prompt is not None:
-      prompts = self.prompt[...]
-    if prompts is not None:  # as PEFT: prompt vectors join the input embeddings (positions after)
-      b = x.shape[0]
-      prompts = jnp.asarray(prompts).astype(x.dtype)
-      if prompts.ndim == 2:
-        prompts = jnp.broadcast_to(prompts[None], (b,) + prompts.shape)
-      x = jnp.concatenate([prompts, x], axis=1)
-      input_mask = jnp.concatenate([jnp.ones(prompts.shape[:2], input_mask.dtype), input_mask], 1)
+    # As PEFT: prompt vectors join the input embeddings; positions then cover prompt + input.
+    x, input_mask, _ = self.prepend_prompt(self.shared(input_ids) * self.embed_scale, input_mask,
+                                           prompts)
     pos = jnp.arange(x.shape[1])
     out, _ = self.encoder(x, pos, mask_bias(input_mask), rng=rng)
     return out, input_mask

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning.models.layers import (DenseGeneral, Embed, LayerNorm, PromptParam, RMSNorm,
-                                         activation, constrain, dropout)
+from prompt_tuning.models.layers import (DenseGeneral, Embed, LayerNorm, RMSNorm,
+                                         SoftPromptMixin, activation, constrain, dropout)
 
 NEG_INF = -1e9
 
@@ -173,7 +173,7 @@ class Block(nnx.Module):
     return constrain(x, ("batch", "length", "embed"))
 
 
-class DecoderLM(nnx.Module):
+class DecoderLM(SoftPromptMixin, nnx.Module):
 
   def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -191,16 +191,6 @@ class DecoderLM(nnx.Module):
                                   rngs=rngs, std=0.02, dtype=dt)
     self.prompt = nnx.data(None)
 
-  def set_prompt(self, value):
-    value = jnp.asarray(value, jnp.float32)
-    if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
-      raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
-    self.prompt = PromptParam(value, axes=("prompt", "embed"))
-
-  @property
-  def prompt_length(self) -> int:
-    return 0 if self.prompt is None else int(self.prompt.shape[0])
-
   @property
   def shared(self):  # the token embedding (prompt init samples from it)
     return self.embed
@@ -211,19 +201,8 @@ class DecoderLM(nnx.Module):
     cfg = self.cfg
     if mask is None:
       mask = jnp.ones(tokens.shape, jnp.int32)
-    x = self.embed(tokens)
-    b = x.shape[0]
-    if prompts is None and self.prompt is not None:
-      prompts = self.prompt[...]
-    p = 0
-    if prompts is not None:
-      prompts = jnp.asarray(prompts).astype(x.dtype)
-      if prompts.ndim == 2:
-        prompts = jnp.broadcast_to(prompts[None], (b,) + prompts.shape)
-      p = prompts.shape[1]
-      x = jnp.concatenate([prompts, x], axis=1)
-      mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
-    n = x.shape[1]
+    x, mask, p = self.prepend_prompt(self.embed(tokens), mask, prompts)
+    b, n = x.shape[0], x.shape[1]
     if n > cfg.max_position_embeddings:
       raise ValueError(f"sequence of {n} positions (prompt {p} + tokens {n - p}) exceeds "
                        f"max_position_embeddings={cfg.max_position_embeddings}")

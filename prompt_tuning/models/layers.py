@@ -149,6 +149,37 @@ class Embed(nnx.Module):
     return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
 
 
+class SoftPromptMixin:
+  """Soft-prompt plumbing shared by every model: a ``PromptParam`` of [length, d_model]
+  prepended to the embedded input, with the attention mask extended by ones. Explicit
+  ``prompts`` ([B, L, D] or [L, D]) override the module's own prompt (mixed-task batches)."""
+
+  def set_prompt(self, value):
+    """Attaches a trainable soft prompt of shape [length, d_model] (float32)."""
+    value = jnp.asarray(value, jnp.float32)
+    if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
+      raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
+    self.prompt = PromptParam(value, axes=("prompt", "embed"))
+
+  @property
+  def prompt_length(self) -> int:
+    return 0 if self.prompt is None else int(self.prompt.shape[0])
+
+  def prepend_prompt(self, x, mask, prompts=None):
+    """(x [B, S, D], mask [B, S]) -> (x [B, P+S, D], mask [B, P+S], P)."""
+    if prompts is None and self.prompt is not None:
+      prompts = self.prompt[...]
+    if prompts is None:
+      return x, mask, 0
+    b = x.shape[0]
+    prompts = jnp.asarray(prompts).astype(x.dtype)
+    if prompts.ndim == 2:
+      prompts = jnp.broadcast_to(prompts[None], (b,) + prompts.shape)
+    x = jnp.concatenate([prompts, x], axis=1)
+    mask = jnp.concatenate([jnp.ones(prompts.shape[:2], mask.dtype), mask], axis=1)
+    return x, mask, prompts.shape[1]
+
+
 def gelu_new(x):
   return jax.nn.gelu(x, approximate=True)
 

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prompt_tuning.models.layers import (DenseGeneral, Embed, PromptParam, RMSNorm, activation,
-                                         constrain, dropout)
+from prompt_tuning.models.layers import (DenseGeneral, Embed, RMSNorm, SoftPromptMixin,
+                                         activation, constrain, dropout)
 
 NEG_INF = -1e9
 
@@ -324,7 +324,7 @@ def mask_bias(mask):
   return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
 
 
-class T5(nnx.Module):
+class T5(SoftPromptMixin, nnx.Module):
   """T5 encoder-decoder. Optional soft prompt (``self.prompt``) is prepended to the embedded
   encoder input, with the attention mask extended."""
 
@@ -339,33 +339,10 @@ class T5(nnx.Module):
                                   rngs=rngs, std=1.0, dtype=dt)
     self.prompt = nnx.data(None)
 
-  # -------------------------------------------------------------- prompts
-  def set_prompt(self, value):
-    """Attaches a trainable soft prompt of shape [length, d_model] (float32)."""
-    value = jnp.asarray(value, jnp.float32)
-    if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
-      raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
-    self.prompt = PromptParam(value, axes=("prompt", "embed"))
-
-  @property
-  def prompt_length(self) -> int:
-    return 0 if self.prompt is None else int(self.prompt.shape[0])
-
   def embed_inputs(self, input_ids, input_mask, prompts=None):
-    """Embeds ids and prepends the soft prompt. ``prompts`` ([B, L, D] or [L, D]) overrides the
-    module's own prompt (mixed-task batches use one prompt per example)."""
-    x = self.shared(input_ids)
-    if prompts is None and self.prompt is not None:
-      prompts = self.prompt[...]
-    if prompts is not None:
-      b = x.shape[0]
-      prompts = jnp.asarray(prompts).astype(x.dtype)
-      if prompts.ndim == 2:
-        prompts = jnp.broadcast_to(prompts[None], (b,) + prompts.shape)
-      x = jnp.concatenate([prompts, x], axis=1)
-      input_mask = jnp.concatenate(
-          [jnp.ones(prompts.shape[:2], input_mask.dtype), input_mask], axis=1)
-    return x, input_mask
+    """Embeds ids and prepends the soft prompt (see SoftPromptMixin)."""
+    x, mask, _ = self.prepend_prompt(self.shared(input_ids), input_mask, prompts)
+    return x, mask
 
   # -------------------------------------------------------------- forward
   def encode(self, input_ids, input_mask=None, prompts=None, rng=None):
