@@ -143,6 +143,9 @@ def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
   from prompt_tuning import train as train_lib
   from prompt_tuning.default_config import get_config
   with tfds.testing.mock_data(num_examples=16):
+    # num_examples=0 / None means all of them, also for mixtures.
+    assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", 0)) == 32
+    assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", None)) == 32
     plain = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0)
     instr = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0,
                                     instructions=True)

@@ -40,7 +40,7 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
   if name in seqio.MixtureRegistry.names() or "+" in name:
     subs = name.split("+") if "+" in name else \
         [t.name for t in seqio.get_mixture_or_task(name).tasks]
-    per = None if n is None else max(1, n // len(subs))
+    per = None if not n else max(1, n // len(subs))  # n = 0 / None: every example
     parts = [text_examples(t, split, per, seed, shuffle) for t in subs]
     mixed = [ex for group in zip(*parts) for ex in group]
     return mixed[:n] if n else mixed
