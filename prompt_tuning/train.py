@@ -133,20 +133,8 @@ def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = Fals
   except ImportError as e:
     raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
                      f"and the seqio task registry is unavailable ({e})") from e
-  if instructions:  # per sub-task instruction text (mixtures: each task its own)
-    subs = name.split("+") if "+" in name else [name]
-    if len(subs) > 1 or name not in tasks.SPECS:
-      import seqio
-      if "+" not in name:
-        subs = [t.name for t in seqio.get_mixture_or_task(name).tasks]
-      per = None if not n else max(1, n // len(subs))
-      parts = [tasks.with_instruction(t, tasks.text_examples(t, split, per, seed=seed,
-                                                             shuffle=shuffle)) for t in subs]
-      mixed = [ex for group in zip(*parts) for ex in group]
-      return mixed[:n] if n else mixed
-    return tasks.with_instruction(name, tasks.text_examples(name, split, n, seed=seed,
-                                                            shuffle=shuffle))
-  return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle)
+  return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle,
+                             instructions=instructions)
 
 
 def build(config, with_data: bool = True):
@@ -349,24 +337,23 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
   unknown = sorted({t for t, _ in inputs} - set(index))
   if unknown:
     raise ValueError(f"no prompt run given for task(s) {unknown}; have {sorted(index)}")
-  table = np.stack(table)
-  ex = [{"inputs": text, "targets": ""} for _, text in inputs]
-  arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
-  prompts = table[[index[t] for t, _ in inputs]]
+  prompts = np.stack(table)[[index[t] for t, _ in inputs]]
   template = trainer.init_state().params  # the prompt slot is unused: per-example prompts win
-  pred = trainer.decode(template, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
-                        config.train.max_decode_length, prompts=prompts)
-  return [vocab.decode(p) for p in pred]
+  return _decode_texts(config, vocab, trainer, template, [text for _, text in inputs], prompts)
 
 
 def infer(config, texts, step: int | None = None) -> list[str]:
   vocab, trainer, _, _ = build(config, with_data=False)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   state, _ = ckpt.restore(trainer.init_state(), step)
+  return _decode_texts(config, vocab, trainer, state.params, texts)
+
+
+def _decode_texts(config, vocab, trainer, params, texts, prompts=None) -> list[str]:
   ex = [{"inputs": t, "targets": ""} for t in texts]
   arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
-  pred = trainer.decode(state.params, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
-                        config.train.max_decode_length)
+  pred = trainer.decode(params, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
+                        config.train.max_decode_length, prompts=prompts)
   return [vocab.decode(p) for p in pred]
 
 

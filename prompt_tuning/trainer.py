@@ -157,10 +157,12 @@ class Trainer:
       if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
         raise ValueError(f"batch[{k!r}] has token ids outside [0, {self.cfg.vocab_size})")
 
-  def _place(self, batch):
+  def _place(self, batch, for_decode: bool = False):
     batch = complete_batch(batch, self.cfg.pad_token_id)
     self.check_batch(batch)
-    if self.decoder_only:
+    if for_decode:  # decoding reads only the (right-padded) inputs
+      batch = {k: batch[k] for k in ("inputs", "input_mask", "targets")}
+    elif self.decoder_only:
       batch = to_decoder_only(batch)
     return sharding.shard_batch(batch, self.mesh)
 
@@ -247,9 +249,7 @@ class Trainer:
     batches on one frozen model); by default the model's own prompt, if any, is used."""
     b = dict(batch)
     b.setdefault("targets", np.zeros((np.shape(b["inputs"])[0], 1), np.int32))
-    b = complete_batch(b, self.cfg.pad_token_id)
-    self.check_batch(b)
-    b = sharding.shard_batch({k: b[k] for k in ("inputs", "input_mask", "targets")}, self.mesh)
+    b = self._place(b, for_decode=True)
     if prompts is not None:
       prompts = jnp.asarray(prompts, jnp.float32)
       if prompts.ndim != 3 or prompts.shape[0] != np.shape(batch["inputs"])[0]:

@@ -31,17 +31,18 @@ def _spec(name: str):
 
 
 def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
-                  shuffle: bool = False) -> list[dict]:
+                  shuffle: bool = False, instructions: bool = False) -> list[dict]:
   """Formatted (untokenized) examples of a task: {"inputs", "targets", extras...} strings.
 
-  ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs); a mixture name gives an
-  equal share of ``n`` from each of its tasks, interleaved.
+  ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs); a mixture name (registered,
+  or "taskA+taskB") gives an equal share of ``n`` from each of its tasks, interleaved;
+  ``instructions`` prepends each task's instruction text.
   """
   if name in seqio.MixtureRegistry.names() or "+" in name:
     subs = name.split("+") if "+" in name else \
         [t.name for t in seqio.get_mixture_or_task(name).tasks]
     per = None if not n else max(1, n // len(subs))  # n = 0 / None: every example
-    parts = [text_examples(t, split, per, seed, shuffle) for t in subs]
+    parts = [text_examples(t, split, per, seed, shuffle, instructions) for t in subs]
     mixed = [ex for group in zip(*parts) for ex in group]
     return mixed[:n] if n else mixed
   spec = _spec(name)
@@ -58,7 +59,7 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
   out = []
   for ex in ds.as_numpy_iterator():
     out.append({k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()})
-  return out
+  return with_instruction(name, out) if instructions else out
 
 
 def with_instruction(name: str, examples: list[dict]) -> list[dict]:
