@@ -1,14 +1,19 @@
 """jit-compiled train / eval / decode steps on numpy batches (no TensorFlow needed).
 
-A batch is a dict of arrays:
-  ``inputs`` [B, S] int32, ``input_mask`` [B, S] (optional: derived from pad id),
-  ``targets`` [B, T] int32, ``target_weights`` [B, T] float (optional: targets != pad).
-The decoder input is ``targets`` shifted right with the decoder start token.
+A batch is a dict of arrays (see the data layer):
+  ``inputs`` [B, S] int32, ``input_mask`` [B, S] (optional: derived from the pad id),
+  ``targets`` [B, T] int32, ``target_weights`` [B, T] float (optional: targets != pad),
+  and for packed encoder-decoder batches ``input_segment_ids``, ``input_positions``,
+  ``target_segment_ids``, ``target_positions``. Decoder-only models take the same unpacked
+  batch (concatenated here, loss on the targets only) or a packed one: ``tokens``,
+  ``segment_ids``, ``positions``, ``loss_weights``. Evaluation batches may mark padding rows
+  with ``valid`` [B] = False; they never count.
+
+The Trainer knows neither the model family nor the tuning method: the method registry gives the
+trainable filter, the default optimizer and the extra encoder length.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -20,6 +25,9 @@ from flax import nnx, struct
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import optim, sharding
 
+PACKED_ENC_DEC = ("input_segment_ids", "input_positions", "target_segment_ids",
+                  "target_positions")
+
 
 @struct.dataclass
 class TrainState:
@@ -28,9 +36,14 @@ class TrainState:
   opt_state: Any
 
 
-def shift_right(targets, start_id: int):
+def shift_right(targets, start_id: int, segment_ids=None):
+  """Decoder inputs: targets shifted right, the start token at the front of every segment."""
   start = jnp.full(targets.shape[:1] + (1,), start_id, targets.dtype)
-  return jnp.concatenate([start, targets[:, :-1]], axis=1)
+  shifted = jnp.concatenate([start, targets[:, :-1]], axis=1)
+  if segment_ids is not None:  # packed: each segment starts afresh
+    prev = jnp.concatenate([jnp.zeros_like(segment_ids[:, :1]), segment_ids[:, :-1]], axis=1)
+    shifted = jnp.where(segment_ids != prev, start_id, shifted)
+  return shifted
 
 
 def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
@@ -38,15 +51,16 @@ def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
   logits = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  token_loss = lse - target_logit
   z = z_loss * jnp.square(lse)
   w = weights.astype(jnp.float32)
-  return jnp.sum((token_loss + z) * w), jnp.sum(w), jnp.sum(z * w)
+  return jnp.sum((lse - target_logit + z) * w), jnp.sum(w), jnp.sum(z * w)
 
 
 def complete_batch(batch: dict, pad_id: int) -> dict:
   """Adds default masks / weights to a numpy batch (host side)."""
   b = dict(batch)
+  if "tokens" in b:   # a packed decoder-only batch is complete by construction
+    return b
   for k in ("inputs", "targets"):
     if k not in b:
       raise KeyError(f"batch lacks {k!r}; it has {sorted(b)}")
@@ -60,7 +74,7 @@ def complete_batch(batch: dict, pad_id: int) -> dict:
 
 def to_decoder_only(batch: dict) -> dict:
   """Host-side: right-padded inputs [B, S] and targets [B, T] -> one sequence per example,
-  ``inputs ++ targets`` in [B, S + T], with loss weights on the target tokens only."""
+  ``inputs ++ targets`` in [B, S + T], loss weights on the target tokens only."""
   inputs, targets = batch["inputs"], batch["targets"]
   b, s = inputs.shape
   t = targets.shape[1]
@@ -73,9 +87,10 @@ def to_decoder_only(batch: dict) -> dict:
     tokens[i, :in_len[i]] = inputs[i, :in_len[i]]
     tokens[i, in_len[i]:in_len[i] + t_len[i]] = targets[i, :t_len[i]]
     weights[i, in_len[i]:in_len[i] + t_len[i]] = tgt_w[i, :t_len[i]]
-  out = dict(batch)
-  out.update(tokens=tokens, token_mask=(np.arange(s + t)[None] < (in_len + t_len)[:, None]
-                                        ).astype(np.int32), loss_weights=weights)
+  real = np.arange(s + t)[None] < (in_len + t_len)[:, None]
+  out = {"tokens": tokens, "token_mask": real.astype(np.int32), "loss_weights": weights}
+  if "valid" in batch:
+    out["valid"] = batch["valid"]
   return out
 
 
@@ -83,9 +98,9 @@ class Trainer:
   """Holds the frozen model state once and exposes jit-compiled steps on the trainable part.
 
   Args:
-    model: an NNX model with the tuning method already applied (see methods.apply).
-    method: the MethodConfig that selects the trainable variables.
-    optimizer: OptimizerConfig (defaults per method).
+    model: an NNX model with the tuning method already attached (``methods.attach``).
+    method: the method's config (selects the trainable variables).
+    optimizer: OptimizerConfig (default: the method's).
     mesh: optional jax.sharding.Mesh; parameters are placed by their logical axes.
     frozen_dtype: dtype for the frozen weights (e.g. jnp.bfloat16).
     max_encoder_length: upper bound on prompt + input length.
@@ -97,14 +112,15 @@ class Trainer:
                max_encoder_length: int | None = None):
     self.cfg = model.cfg
     self.method = method
-    self.opt_cfg = optimizer or optim.default_for(method.name)
+    impl = methods_lib.get(method.name)
+    self.opt_cfg = optimizer or impl.default_optimizer(method)
     self.tx = optim.make(self.opt_cfg)
     self.mesh, self.rules = mesh, rules
     self.z_loss = z_loss
     self.dropout_seed = dropout_seed
     self.max_encoder_length = max_encoder_length
-    self.prompt_length = getattr(model, "prompt_length", 0)
-    self.decoder_only = getattr(self.cfg, "architecture", "encoder_decoder") == "decoder_only"
+    self.extra_length = impl.extra_encoder_length(method)
+    self.decoder_only = not self.cfg.is_encoder_decoder
     self.graphdef, trainable, frozen = methods_lib.split(model, method, frozen_dtype)
     self.num_trainable = methods_lib.count_params(trainable)
     self.num_frozen = methods_lib.count_params(frozen)
@@ -121,62 +137,77 @@ class Trainer:
 
   # ---------------------------------------------------------------------------- state
   def init_state(self) -> TrainState:
-    params = self._initial_params
+    """A fresh state. Pure: the step donates its input state, so the initial parameters are
+    copied, never handed out."""
+    params = jax.tree.map(jnp.copy, self._initial_params)
     opt_state = jax.jit(self.tx.init)(params)
-    step = jnp.zeros((), jnp.int32)
-    state = TrainState(step=step, params=params, opt_state=opt_state)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     if self.mesh is not None:  # scalars (step, optimizer counters) are replicated on the mesh
       rep = sharding.replicated(self.mesh)
       state = jax.tree.map(
           lambda x: x if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
           and x.sharding.mesh == self.mesh else jax.device_put(x, rep), state)
-    if self.mesh is not None and not self._train_pinned:
-      # Pin the output shardings to the input ones: equivalent-but-unequal specs (P() vs
-      # P(None, None)) would otherwise make the second step recompile.
-      shardings = jax.tree.map(lambda x: x.sharding, state)
-      self._train = jax.jit(self._train_step, donate_argnums=(0,),
-                            out_shardings=(shardings, sharding.replicated(self.mesh)))
-      self._train_pinned = True
+      if not self._train_pinned:
+        # Pin the output shardings to the input ones: equivalent-but-unequal specs (P() vs
+        # P(None, None)) would otherwise make the second step recompile.
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        self._train = jax.jit(self._train_step, donate_argnums=(0,),
+                              out_shardings=(shardings, sharding.replicated(self.mesh)))
+        self._train_pinned = True
     return state
 
   def model(self, params):
     """Rebuilds the NNX model from trainable params and the shared frozen state."""
     return nnx.merge(self.graphdef, params, self.frozen)
 
-  # ---------------------------------------------------------------------------- checks
+  # ---------------------------------------------------------------------------- batches
   def check_batch(self, batch: dict):
-    s = np.shape(batch["inputs"])[1]
-    if self.decoder_only:
-      s += np.shape(batch["targets"])[1]
-    if self.max_encoder_length is not None and s + self.prompt_length > self.max_encoder_length:
-      raise ValueError(
-          f"input length {s} + prompt length {self.prompt_length} = {s + self.prompt_length} "
-          f"exceeds max_encoder_length={self.max_encoder_length}")
-    for k in ("inputs", "targets"):
+    if "tokens" in batch:
+      s, keys = np.shape(batch["tokens"])[1], ("tokens",)
+    else:
+      s, keys = np.shape(batch["inputs"])[1], ("inputs", "targets")
+      if self.decoder_only:
+        s += np.shape(batch["targets"])[1]
+    total = s + self.extra_length
+    if self.max_encoder_length is not None and total > self.max_encoder_length:
+      raise ValueError(f"input length {s} + prompt length {self.extra_length} = {total} "
+                       f"exceeds max_encoder_length={self.max_encoder_length}")
+    for k in keys:
       ids = np.asarray(batch[k])
       if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
         raise ValueError(f"batch[{k!r}] has token ids outside [0, {self.cfg.vocab_size})")
 
-  def _place(self, batch, for_decode: bool = False):
+  def place(self, batch: dict, for_decode: bool = False):
+    """Validates a host batch, converts it for the model's architecture and puts it on the
+    mesh (split over ``data``). What :meth:`step` takes."""
     batch = complete_batch(batch, self.cfg.pad_token_id)
     self.check_batch(batch)
     if for_decode:  # decoding reads only the (right-padded) inputs
-      batch = {k: batch[k] for k in ("inputs", "input_mask", "targets")}
-    elif self.decoder_only:
+      batch = {k: batch[k] for k in ("inputs", "input_mask")}
+    elif self.decoder_only and "tokens" not in batch:
       batch = to_decoder_only(batch)
     return sharding.shard_batch(batch, self.mesh)
 
   def _logits_and_labels(self, model, batch, rng=None):
     """(logits, labels, weights) for either architecture."""
     if self.decoder_only:
-      logits = model(batch["tokens"], batch["token_mask"], rng=rng)
+      if "segment_ids" in batch:   # packed
+        logits = model(batch["tokens"], rng=rng, segment_ids=batch["segment_ids"],
+                       positions=batch["positions"])
+      else:
+        logits = model(batch["tokens"], batch["token_mask"], rng=rng)
+      # Position i predicts token i+1; loss_weights[:, i+1] says whether that token counts
+      # (0 on inputs, padding and the first token of every packed segment).
       return logits[:, :-1], batch["tokens"][:, 1:], batch["loss_weights"][:, 1:]
-    dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id)
-    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng)
+    packing = {k: batch[k] for k in PACKED_ENC_DEC if k in batch}
+    dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id,
+                         packing.get("target_segment_ids"))
+    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng, **packing)
     return logits, batch["targets"], batch["target_weights"]
 
   # ---------------------------------------------------------------------------- steps
-  def _loss(self, params, frozen, batch, rng):
+  def loss(self, params, frozen, batch, rng=None):
+    """Mean token loss over a placed batch, and its aux metrics."""
     model = nnx.merge(self.graphdef, params, frozen)
     logits, labels, weights = self._logits_and_labels(model, batch, rng)
     loss_sum, weight_sum, z_sum = cross_entropy(logits, labels, weights, self.z_loss)
@@ -190,15 +221,15 @@ class Trainer:
       rng = None
       if self.cfg.dropout_rate > 0:
         rng = jax.random.fold_in(jax.random.PRNGKey(self.dropout_seed), state.step)
-      grads, aux = jax.grad(self._loss, has_aux=True)(state.params, frozen, batch, rng)
+      grads, aux = jax.grad(self.loss, has_aux=True)(state.params, frozen, batch, rng)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       # Finite loss *and* finite updated params: what a checkpoint of this step would hold.
       aux["finite"] = jnp.logical_and(
           jnp.isfinite(aux["loss"]),
           jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])))
-      aux["grad_norm"] = (optax.tree.norm(grads) if hasattr(optax, "tree") and hasattr(optax.tree, "norm")
-                           else optax.global_norm(grads))
+      aux["grad_norm"] = optax.global_norm(grads)
+      aux["param_norm"] = optax.global_norm(params)
       return TrainState(state.step + 1, params, opt_state), aux
 
   def _eval_step(self, params, frozen, batch):
@@ -206,50 +237,56 @@ class Trainer:
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
       logits, labels, weights = self._logits_and_labels(model, batch)
+      valid = batch.get("valid")
+      if valid is None:
+        valid = jnp.ones(labels.shape[:1], bool)
+      weights = weights * valid[:, None]
       loss_sum, weight_sum, _ = cross_entropy(logits, labels, weights)
       pred = jnp.argmax(logits, -1)
-      w = weights > 0
-      seq_correct = jnp.all(jnp.where(w, pred == labels, True), axis=-1)
+      seq_correct = jnp.all(jnp.where(weights > 0, pred == labels, True), axis=-1) & valid
       return {"loss_sum": loss_sum, "weight_sum": weight_sum,
-              "seq_correct": jnp.sum(seq_correct), "count": jnp.asarray(pred.shape[0])}
+              "seq_correct": jnp.sum(seq_correct), "count": jnp.sum(valid)}
 
   def _decode_fn(self, params, frozen, batch, max_decode_len, prompts=None):
     self.trace_counts["decode"] += 1
+    from prompt_tuning.models.core import greedy_decode
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
-      if self.decoder_only:
-        from prompt_tuning.models.decoder import greedy_generate
-        return greedy_generate(model, batch["inputs"], jnp.sum(batch["input_mask"], axis=1),
-                               max_decode_len, prompts=prompts)
-      from prompt_tuning.models.t5 import greedy_decode
       return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len,
                            prompts=prompts)
 
   # ---------------------------------------------------------------------------- public API
+  def step(self, state: TrainState, placed_batch):
+    """The compiled train step on a :meth:`place`\\ d batch (donates ``state``)."""
+    return self._train(state, self.frozen, placed_batch)
+
   def train_step(self, state: TrainState, batch: dict):
-    return self._train(state, self.frozen, self._place(batch))
+    return self.step(state, self.place(batch))
 
   def eval_step(self, params, batch: dict) -> dict:
-    return self._eval(params, self.frozen, self._place(batch))
+    return self._eval(params, self.frozen, self.place(batch))
 
   def evaluate(self, params, batches) -> dict:
-    """Token-weighted loss, perplexity and teacher-forced sequence accuracy over batches."""
+    """Token-weighted loss, perplexity and teacher-forced sequence accuracy over batches
+    (rows with ``valid`` False are ignored)."""
     tot = None
     for b in batches:
       out = jax.device_get(self.eval_step(params, b))
       tot = out if tot is None else {k: tot[k] + out[k] for k in out}
-    if tot is None:
-      raise ValueError("evaluate() got no batches")
+    if tot is None or int(tot["count"]) == 0:
+      raise ValueError("evaluate() got no examples")
     loss = float(tot["loss_sum"]) / max(float(tot["weight_sum"]), 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
-            "sequence_accuracy": float(tot["seq_correct"]) / max(int(tot["count"]), 1)}
+            "sequence_accuracy": float(tot["seq_correct"]) / int(tot["count"])}
 
   def decode(self, params, batch: dict, max_decode_len: int, prompts=None) -> np.ndarray:
     """Greedy decoding. ``prompts`` [B, L, D] gives each example its own soft prompt (mixed-task
     batches on one frozen model); by default the model's own prompt, if any, is used."""
+    if max_decode_len <= 0:
+      raise ValueError(f"max_decode_length must be positive, got {max_decode_len}")
     b = dict(batch)
     b.setdefault("targets", np.zeros((np.shape(b["inputs"])[0], 1), np.int32))
-    b = self._place(b, for_decode=True)
+    b = self.place(b, for_decode=True)
     if prompts is not None:
       prompts = jnp.asarray(prompts, jnp.float32)
       if prompts.ndim != 3 or prompts.shape[0] != np.shape(batch["inputs"])[0]:

@@ -1,3 +1,5 @@
-"""Flax NNX models."""
-from prompt_tuning.models.t5 import PRESETS as T5_PRESETS, T5, T5Config, greedy_decode
-from prompt_tuning.models.convert import load_t5
+"""Flax NNX language models: one core (core.py), families as configs + HF names."""
+from prompt_tuning.models.core import (DecoderOnlyLM, EncoderDecoderLM, LanguageModel, ModelConfig,
+                                       greedy_decode, init_random)
+from prompt_tuning.models.families import FAMILIES, PRESETS, build, load, preset, save
+from prompt_tuning.models.hf import CheckpointError
