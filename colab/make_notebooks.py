@@ -70,8 +70,8 @@ DOMAIN_SHIFT = nb([
     ("code", SETUP),
     ("code", '''import contextlib
 import tensorflow_datasets as tfds
-from prompt_tuning import train as train_lib
 from prompt_tuning.default_config import get_config
+from prompt_tuning.run import loop
 
 c = get_config()
 c.unlock()
@@ -86,7 +86,7 @@ c.train.update(batch_size=16, num_steps=6 if SMALL else 2000, log_every=3 if SMA
 c.lock()
 data = tfds.testing.mock_data(num_examples=64) if SMALL else contextlib.nullcontext()
 with data:
-    result = train_lib.train(c)'''),
+    result = loop.train(c)'''),
     ("code", '''for task, m in result["eval"].items():
     print(f"{task:24s} accuracy {m['accuracy']:6.2f}  F1 {m['f1']:6.2f}  perplexity {m['perplexity']:.3f}")
 print("best checkpoint (dev perplexity on QQP):", result["best"])
@@ -99,8 +99,8 @@ COMPARISON = nb([
            "counts and dev accuracy."),
     ("code", SETUP),
     ("code", '''import json
-from prompt_tuning import train as train_lib
 from prompt_tuning.default_config import get_config
+from prompt_tuning.run import loop
 
 settings = {"prompt": dict(lr=0.0), "lora": dict(lr=3e-3), "full": dict(lr=1e-3)}
 results = {}
@@ -114,7 +114,7 @@ for name, s in settings.items():
     c.train.update(num_steps=20 if SMALL else 300, log_every=5 if SMALL else 10,
                    eval_every=20 if SMALL else 300, checkpoint_every=20 if SMALL else 300)
     c.lock()
-    results[name] = train_lib.train(c)
+    results[name] = loop.train(c)
     results[name]["curve"] = [json.loads(l) for l in open(f"{c.output_dir}/metrics.jsonl") if '"loss"' in l and '"eval"' not in l]'''),
     ("code", '''import matplotlib
 matplotlib.use("Agg")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import checkpoint, methods, optim
-from prompt_tuning import train as train_lib
+from prompt_tuning.run import loop
 from prompt_tuning.default_config import get_config
 from tests.helpers import make_trainer, sentiment_data
 
@@ -103,11 +103,11 @@ def small_config(out, **kw):
 
 
 def test_driver_resume_matches_uninterrupted_run(tmp_path):
-  full = train_lib.train(small_config(tmp_path / "a"))
+  full = loop.train(small_config(tmp_path / "a"))
   cfg_half = small_config(tmp_path / "b")
   cfg_half.unlock(); cfg_half.train.num_steps = 3; cfg_half.lock()
-  train_lib.train(cfg_half)
-  resumed = train_lib.train(small_config(tmp_path / "b"))
+  loop.train(cfg_half)
+  resumed = loop.train(small_config(tmp_path / "b"))
   assert resumed["step"] == full["step"] == 6
   a = checkpoint.Checkpointer(str(tmp_path / "a" / "checkpoints"))
   b = checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints"))
@@ -118,4 +118,4 @@ def test_driver_resume_matches_uninterrupted_run(tmp_path):
   assert ma["model"] == {"preset": "tiny", "init_seed": 0}
   # A different method in the same output_dir is refused.
   with pytest.raises(ValueError, match="another model/method"):
-    train_lib.train(small_config(tmp_path / "b", **{"method.name": "lora"}))
+    loop.train(small_config(tmp_path / "b", **{"method.name": "lora"}))

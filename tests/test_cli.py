@@ -64,4 +64,19 @@ def test_bad_input_is_one_clear_line(tmp_path, args, msg):
 
 def test_eval_without_checkpoint(tmp_path):
   r = run(["-m", "prompt_tuning.cli", "eval", f"--config.output_dir={tmp_path}"] + SMALL)
-  assert r.returncode == 2 and "no checkpoint found" in r.stderr
+  assert r.returncode == 2
+  # The message is printed intact: the quoted path keeps its closing quote.
+  assert r.stderr.strip() == (f"error: FileNotFoundError: no checkpoint found in "
+                              f"'{tmp_path}/checkpoints'"), r.stderr
+
+
+def test_error_line_keeps_the_message():
+  from prompt_tuning import cli
+  assert cli.error_line(FileNotFoundError("checkpoint path '/x/y' does not exist")) == \
+      "checkpoint path '/x/y' does not exist"
+  assert cli.error_line(ValueError("first\n  second\n")) == "first second"
+  # ml_collections: AttributeError(KeyError(message)); str(KeyError) would quote and escape it.
+  e = AttributeError(KeyError('\'nme\'\nDid you mean "name" instead of "nme"?'))
+  assert cli.error_line(e) == '\'nme\' Did you mean "name" instead of "nme"?'
+  assert cli.error_line(FileNotFoundError(2, "No such file or directory", "x")) == \
+      "[Errno 2] No such file or directory: 'x'"

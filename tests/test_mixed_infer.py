@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from prompt_tuning import train as train_lib
+from prompt_tuning.run import build, infer, loop
 from prompt_tuning.default_config import get_config
 
 
@@ -20,27 +20,27 @@ def cfg(out, task):
 
 def test_mixed_batch_equals_per_task_inference(tmp_path):
   a, b = cfg(tmp_path / "a", "synthetic_sentiment"), cfg(tmp_path / "b", "synthetic_copy")
-  train_lib.train(a)
-  train_lib.train(b)
+  loop.train(a)
+  loop.train(b)
   texts_a = ["review: the teacher found a good box", "review: a sad farmer"]
   texts_b = ["copy: great awful poor", "copy: lovely sad"]
-  solo_a = train_lib.infer(a, texts_a)
-  solo_b = train_lib.infer(b, texts_b)
+  solo_a = infer.infer(a, texts_a)
+  solo_b = infer.infer(b, texts_b)
   pairs = [("sent", texts_a[0]), ("copy", texts_b[0]), ("copy", texts_b[1]), ("sent", texts_a[1])]
-  mixed = train_lib.infer_mixed(a, {"sent": str(tmp_path / "a"), "copy": str(tmp_path / "b")},
-                                pairs)
+  mixed = infer.infer_mixed(a, {"sent": str(tmp_path / "a"), "copy": str(tmp_path / "b")},
+                            pairs)
   assert mixed == [solo_a[0], solo_b[0], solo_b[1], solo_a[1]]
   # The two stored prompts differ, so the routing is not vacuous.
   from prompt_tuning import checkpoint
   import jax
   pa = jax.tree.leaves(checkpoint.Checkpointer(str(tmp_path / "a" / "checkpoints")).restore(
-      train_lib.build(a, with_data=False)[1].init_state())[0].params)[0]
+      build.build(a, with_data=False).trainer.init_state())[0].params)[0]
   pb = jax.tree.leaves(checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints")).restore(
-      train_lib.build(b, with_data=False)[1].init_state())[0].params)[0]
+      build.build(b, with_data=False).trainer.init_state())[0].params)[0]
   assert np.abs(np.asarray(pa) - np.asarray(pb)).max() > 1e-3
   with pytest.raises(ValueError, match="no prompt run given"):
-    train_lib.infer_mixed(a, {"sent": str(tmp_path / "a")}, [("copy", "copy: x")])
+    infer.infer_mixed(a, {"sent": str(tmp_path / "a")}, [("copy", "copy: x")])
   other = cfg(tmp_path / "c", "synthetic_copy")
   other.unlock(); other.method.prompt_length = 4; other.lock()
   with pytest.raises(ValueError, match="prompt_length"):
-    train_lib.infer_mixed(other, {"sent": str(tmp_path / "a")}, [("sent", "review: x")])
+    infer.infer_mixed(other, {"sent": str(tmp_path / "a")}, [("sent", "review: x")])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import checkpoint, methods, optim
-from prompt_tuning import train as train_lib
+from prompt_tuning.run import loop
 from prompt_tuning.default_config import get_config
 from tests.helpers import make_trainer
 
@@ -74,12 +74,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.lock()
     return c
 
-  train_lib.train(config(1e-3, 3))  # healthy: checkpoints at steps 1..3
+  loop.train(config(1e-3, 3))  # healthy: checkpoints at steps 1..3
   # Resume with an infinite learning rate: step 4's update makes every weight inf / NaN.
-  with pytest.raises(train_lib.TrainingError,
+  with pytest.raises(loop.TrainingError,
                      match=r"(loss became (nan|inf)|parameters became non-finite) at step 4; "
                            r"stopped. Last good checkpoint: step 3"):
-    train_lib.train(config(float("inf"), 6))
+    loop.train(config(float("inf"), 6))
   ck = checkpoint.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
   assert ck.latest_step() == 3
   tr = make_trainer(methods.MethodConfig(name="full"), optim.OptimizerConfig(name="sgd",

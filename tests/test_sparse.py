@@ -64,7 +64,7 @@ def test_sparse_diff_keeps_largest_changes_and_round_trips(tmp_path):
 def test_sparsify_a_finished_run(tmp_path):
   import json
   import os
-  from prompt_tuning import train as train_lib
+  from prompt_tuning.run import loop
   from prompt_tuning.default_config import get_config
   c = get_config()
   c.unlock()
@@ -75,7 +75,7 @@ def test_sparsify_a_finished_run(tmp_path):
   c.train.update(batch_size=8, num_steps=3, log_every=3, eval_every=3, checkpoint_every=3,
                  eval_batch_size=16)
   c.lock()
-  train_lib.train(c)
+  loop.train(c)
   rep = sparse.sparsify_run(c, 0.25)
   assert abs(rep["kept_entries"] / rep["total_entries"] - 0.25) < 0.01
   assert set(rep["per_layer"]) == {"encoder.blocks.1", "decoder.blocks.1"}

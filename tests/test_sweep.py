@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning import train as train_lib
+from prompt_tuning.run import sweep as sweep_lib
 from prompt_tuning.default_config import get_config
 
 
@@ -25,7 +25,7 @@ def small(out):
 def test_sweep_runs_and_summarizes(tmp_path):
   runs = [dict(name="k8_seed0", group="k8", seed=0), dict(name="k8_seed1", group="k8", seed=1),
           {"name": "len6", "method.prompt_length": 6}]
-  res = train_lib.sweep(small(tmp_path), runs)
+  res = sweep_lib.sweep(small(tmp_path), runs)
   assert res["runs"] == ["k8_seed0", "k8_seed1", "len6"]
   rows = [json.loads(l) for l in open(tmp_path / "results.jsonl")]
   losses = [r["eval"]["synthetic_sentiment"]["loss"] for r in rows[:2]]
@@ -38,7 +38,7 @@ def test_sweep_runs_and_summarizes(tmp_path):
   # Every run logged TensorBoard scalars.
   assert len(glob.glob(str(tmp_path / "*" / "tensorboard" / "events.out.tfevents.*"))) == 3
   with pytest.raises(ValueError, match="unknown config key"):
-    train_lib.sweep(small(tmp_path / "bad"), [{"name": "x", "method.nope": 1}])
+    sweep_lib.sweep(small(tmp_path / "bad"), [{"name": "x", "method.nope": 1}])
 
 
 def test_shipped_configs_load_and_sweeps_are_well_formed():
@@ -52,7 +52,7 @@ def test_shipped_configs_load_and_sweeps_are_well_formed():
     for run in getattr(mod, "get_sweep", lambda: [])():
       run = dict(run)
       run.pop("name"), run.pop("group", None)
-      train_lib.apply_overrides(c, run)  # raises on an unknown key
+      sweep_lib.apply_overrides(c, run)  # raises on an unknown key
   spec = importlib.util.spec_from_file_location("pc", os.path.join(root, "configs", "peft_comparison.py"))
   pc = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(pc)

@@ -118,7 +118,7 @@ def test_mlsum_reads_local_jsonl(tmp_path):
 
 
 def test_domain_shift_training_run(tmp_path):
-  from prompt_tuning import train as train_lib
+  from prompt_tuning.run import loop
   from prompt_tuning.default_config import get_config
   c = get_config()
   c.unlock()
@@ -129,7 +129,7 @@ def test_domain_shift_training_run(tmp_path):
   c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=4,
                  eval_batch_size=16, max_decode_length=6)
   with tfds.testing.mock_data(num_examples=32):
-    res = train_lib.train(c)
+    res = loop.train(c)
   assert set(res["eval"]) == {"glue_qqp_paraphrase", "glue_mrpc_paraphrase"}
   for m in res["eval"].values():
     assert {"accuracy", "f1", "loss", "perplexity"} <= set(m)
@@ -140,14 +140,14 @@ def test_domain_shift_training_run(tmp_path):
 
 
 def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
-  from prompt_tuning import train as train_lib
+  from prompt_tuning.run import build, loop
   from prompt_tuning.default_config import get_config
   with tfds.testing.mock_data(num_examples=16):
     # num_examples=0 / None means all of them, also for mixtures.
     assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", 0)) == 32
     assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", None)) == 32
-    plain = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0)
-    instr = train_lib.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0,
+    plain = build.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0)
+    instr = build.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0,
                                     instructions=True)
     assert [e["inputs"].split(" ")[0] for e in plain] == ["rte", "cb", "rte", "cb"]
     assert instr[0]["inputs"] == tasks.INSTRUCTIONS["super_glue_rte"] + " " + plain[0]["inputs"]
@@ -162,7 +162,7 @@ def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
     c.train.update(batch_size=8, num_steps=2, log_every=2, eval_every=2, checkpoint_every=2,
                    eval_batch_size=8, max_decode_length=4)
     c.lock()
-    res = train_lib.train(c)
+    res = loop.train(c)
   mix = res["eval"]["super_glue_rte+super_glue_cb"]
   assert {"loss", "perplexity", "accuracy"} <= set(mix)       # exact match for the mixture
   held = res["eval"]["glue_mrpc_paraphrase"]

@@ -21,11 +21,11 @@ from prompt_tuning.analysis import scaling
 
 
 def run(config, data_sizes, knob: str, values, out_dir: str, metric: str = "loss") -> dict:
-  from prompt_tuning import train as train_lib
-  c = train_lib.apply_overrides(config, {"output_dir": out_dir})
+  from prompt_tuning.run import sweep as sweep_lib
+  c = sweep_lib.apply_overrides(config, {"output_dir": out_dir})
   runs = [{"name": f"D{d}_{knob.split('.')[-1]}{v}", "data.num_train": int(d), knob: v}
           for d in data_sizes for v in values]
-  train_lib.sweep(c, runs)
+  sweep_lib.sweep(c, runs)
   rows = []
   with open(os.path.join(out_dir, "results.jsonl")) as f:
     for line in f:

@@ -1,6 +1,6 @@
 """seqio task registries (TensorFlow + seqio). Importing this package registers every task.
 
-The training core never imports this package; :mod:`prompt_tuning.train` does, lazily, when a
+The training core never imports this package; :mod:`prompt_tuning.run.build` does, lazily, when a
 task name is not one of the synthetic tasks.
 """
 from __future__ import annotations

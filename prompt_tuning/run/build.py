@@ -1,0 +1,203 @@
+"""An Experiment built from an ml-collections config: vocab, model, method and optimizer
+configs, trainer, mesh and datasets. Also the model factory, the task import and
+``model_reference`` (how a checkpoint finds its frozen model again).
+
+The calls into the model, method, trainer and data modules are kept here, in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from prompt_tuning import methods as methods_lib
+from prompt_tuning import optim, sharding
+from prompt_tuning.data import arrays as arrays_lib
+from prompt_tuning.data import synthetic, vocab as vocab_lib
+from prompt_tuning.models import convert, t5
+from prompt_tuning.trainer import Trainer
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs. ``train_ds`` is None and ``eval_sets`` empty when built without
+  data (inference)."""
+  config: Any
+  vocab: Any
+  model: Any
+  method: methods_lib.MethodConfig
+  optimizer: optim.OptimizerConfig
+  trainer: Trainer
+  mesh: Any
+  train_ds: Any = None
+  eval_sets: dict = dataclasses.field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ configs
+def _dataclass_from(cls, section, **extra):
+  d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+  d.update(extra)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(d) - names
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
+  for k, v in d.items():
+    if isinstance(v, list):
+      d[k] = tuple(v)
+  return cls(**d)
+
+
+def method_config(config) -> methods_lib.MethodConfig:
+  return _dataclass_from(methods_lib.MethodConfig, config.method, seed=config.seed)
+
+
+def optimizer_config(config, method_name: str) -> optim.OptimizerConfig:
+  base = optim.default_for(method_name)
+  o = config.optimizer
+  over = {k: v for k, v in o.to_dict().items() if k not in ("name", "learning_rate")}
+  if o.name:
+    over["name"] = o.name
+  over["learning_rate"] = o.learning_rate if o.learning_rate else base.learning_rate
+  if o.name and o.name != base.name and not o.learning_rate:
+    raise ValueError(f"optimizer.name={o.name!r} differs from the method default; also set "
+                     f"optimizer.learning_rate")
+  over["total_steps"] = config.train.num_steps
+  return base.replace(**over)
+
+
+def load_vocab(config):
+  return vocab_lib.load(config.data.vocab) if config.data.vocab else vocab_lib.default_vocab()
+
+
+def model_reference(config) -> dict:
+  """How the frozen model is found again (it is never stored in tuning checkpoints)."""
+  if config.model.hf_checkpoint:
+    return {"hf_checkpoint": os.path.abspath(config.model.hf_checkpoint)}
+  return {"preset": config.model.preset, "init_seed": config.seed}
+
+
+# ------------------------------------------------------------------------------ model
+def build_model(config, vocab):
+  m = config.model
+  over = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
+              dropout_rate=m.dropout_rate)
+  from prompt_tuning.models import bart as bart_lib, decoder as decoder_lib
+  if m.hf_checkpoint:
+    if convert.read_hf_config(m.hf_checkpoint).get("model_type") in ("t5", "mt5"):
+      model = convert.load_t5(m.hf_checkpoint, **over)
+    else:
+      over.pop("attention_impl")
+      model = convert.load(m.hf_checkpoint, **over)
+  else:
+    families = [(bart_lib.PRESETS, bart_lib.get_config, bart_lib.Bart, False),
+                (decoder_lib.PRESETS, decoder_lib.get_config, decoder_lib.DecoderLM, False),
+                (t5.PRESETS, t5.get_config, t5.T5, True)]
+    match = [f for f in families if m.preset in f[0]]
+    if not match:
+      known = sorted(p for f in families for p in f[0])
+      raise ValueError(f"unknown model preset {m.preset!r}; known: {known}")
+    _, get_cfg, cls, has_attention_impl = match[0]
+    if not has_attention_impl:
+      over.pop("attention_impl")
+    cfg = get_cfg(m.preset, **over)
+    if vocab.vocab_size > cfg.vocab_size:
+      cfg = cfg.replace(vocab_size=vocab.vocab_size)
+    model = cls(cfg, rngs=nnx.Rngs(config.seed))
+  if vocab.vocab_size > model.cfg.vocab_size:
+    raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
+                     f"{model.cfg.vocab_size}")
+  return model
+
+
+# ------------------------------------------------------------------------------ tasks
+def import_tasks():
+  """Imports the seqio task layer with TensorFlow's C++ start-up logging silenced (it writes
+  straight to file descriptor 2, before absl logging is configured)."""
+  if "prompt_tuning.tasks" in sys.modules:
+    return sys.modules["prompt_tuning.tasks"]
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    from prompt_tuning import tasks
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tasks
+
+
+def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = False,
+                  instructions: bool = False):
+  if name in synthetic.TASKS:
+    return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
+  try:
+    tasks = import_tasks()  # needs TensorFlow / seqio
+  except ImportError as e:
+    raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
+                     f"and the seqio task registry is unavailable ({e})") from e
+  return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle,
+                             instructions=instructions)
+
+
+def resolve_tasks(config):
+  """(train task, extra eval tasks); ``data.domain_shift`` names a registered pair such as
+  ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC)."""
+  d = config.data
+  if d.domain_shift:
+    tasks = import_tasks()
+    if d.domain_shift not in tasks.DOMAIN_SHIFT_PAIRS:
+      raise ValueError(f"unknown domain_shift {d.domain_shift!r}; known: "
+                       f"{sorted(tasks.DOMAIN_SHIFT_PAIRS)}")
+    src, tgt = tasks.DOMAIN_SHIFT_PAIRS[d.domain_shift]
+    return src, tuple(t for t in (tgt,) + tuple(d.eval_tasks) if t != src)
+  return d.task, tuple(t for t in d.eval_tasks if t != d.task)
+
+
+# ------------------------------------------------------------------------------ experiment
+def build(config, with_data: bool = True) -> Experiment:
+  """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) the datasets."""
+  sharding.maybe_initialize_distributed(config.mesh.coordinator_address or None,
+                                        config.mesh.num_processes or None,
+                                        config.mesh.process_id)
+  vocab = load_vocab(config)
+  mcfg = method_config(config)
+  ocfg = optimizer_config(config, mcfg.name)
+  model = build_model(config, vocab)
+  methods_lib.apply(model, mcfg, tokenize=vocab.encode)
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
+  trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
+                    z_loss=config.train.z_loss, dropout_seed=config.seed,
+                    max_encoder_length=config.train.max_encoder_length)
+  d = config.data
+  prompt_len = mcfg.prompt_length if mcfg.name == "prompt" else 0
+  if prompt_len + d.max_input_length > config.train.max_encoder_length:
+    raise ValueError(f"prompt_length ({prompt_len}) + max_input_length ({d.max_input_length}) "
+                     f"exceeds train.max_encoder_length ({config.train.max_encoder_length})")
+  exp = Experiment(config=config, vocab=vocab, model=model, method=mcfg, optimizer=ocfg,
+                   trainer=trainer, mesh=mesh)
+
+  def dataset(task, split, n):
+    few_shot = split == "train" and d.few_shot
+    ex = task_examples(task, split, n, config.seed, shuffle=few_shot,
+                       instructions=d.instructions)
+    ds = arrays_lib.ArrayDataset(
+        arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
+        seed=config.seed)
+    ds.examples = ex
+    ds.task = task
+    return ds
+
+  if not with_data:
+    return exp
+  train_task, eval_tasks = resolve_tasks(config)
+  exp.train_ds = dataset(train_task, "train", d.num_train)
+  exp.eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (train_task,) + eval_tasks}
+  return exp
