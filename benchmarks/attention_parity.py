@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prompt_tuning.models import t5  # noqa: E402
+from prompt_tuning import models  # noqa: E402
 
 
 def main():
-  cfg = t5.get_config("t5-v1_1-base", dtype="bfloat16", num_layers=4, num_decoder_layers=4)
-  xla = t5.init_random(cfg, seed=0, param_dtype=jnp.bfloat16)
-  cud = t5.init_random(cfg.replace(attention_impl="cudnn"), seed=0, param_dtype=jnp.bfloat16)
+  cfg = models.preset("t5-v1_1-base", dtype="bfloat16", num_layers=4, num_decoder_layers=4)
+  xla = models.init_random(cfg, seed=0, param_dtype=jnp.bfloat16)
+  cud = models.init_random(cfg.replace(attention_impl="cudnn"), seed=0, param_dtype=jnp.bfloat16)
   rng = np.random.RandomState(0)
   ids = rng.randint(2, cfg.vocab_size, (4, 300))
   mask = np.ones_like(ids)
@@ -26,7 +26,7 @@ def main():
   f = jax.jit(lambda m, *a: m(*a, prompts=prompt))
   a = np.asarray(f(xla, ids, mask, dec), np.float32)
   b = np.asarray(f(cud, ids, mask, dec), np.float32)
-  f32 = t5.init_random(cfg.replace(dtype="float32"), seed=0, param_dtype=jnp.bfloat16)
+  f32 = models.init_random(cfg.replace(dtype="float32"), seed=0, param_dtype=jnp.bfloat16)
   c = np.asarray(f(f32, ids, mask, dec), np.float32)
 
   def rel(x, y):

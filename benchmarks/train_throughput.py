@@ -32,8 +32,8 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def matmul_params(cfg):
-  d, h, k, f = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff
-  mlp = (3 if cfg.is_gated else 2) * d * f
+  d, h, k, f = cfg.d_model, cfg.num_heads, cfg.dh, cfg.d_ff
+  mlp = (3 if cfg.mlp_gated else 2) * d * f
   enc = cfg.num_layers * (4 * d * h * k + mlp)
   dec = cfg.n_decoder_layers * (8 * d * h * k + mlp)
   return enc, dec, d * cfg.vocab_size
@@ -53,14 +53,14 @@ def run_case(size, method, a):
   import numpy as np
   from flax import nnx
 
-  from prompt_tuning import methods, optim
-  from prompt_tuning.models import t5
-  from prompt_tuning.trainer import Trainer, complete_batch
+  from prompt_tuning import methods, models, optim
+  from prompt_tuning.trainer import Trainer
 
   if a.attention == "auto":
     a.attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
   preset = "tiny" if size == "tiny" else f"t5-v1_1-{size}"
-  cfg = t5.get_config(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention)
+  cfg = models.preset(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention,
+                      scan_layers=a.scan)
   t_phase = time.time()
 
   def phase(name):
@@ -69,34 +69,34 @@ def run_case(size, method, a):
     t_phase = time.time()
 
   frozen_dtype = jnp.bfloat16 if a.dtype == "bfloat16" else None
-  model = t5.init_random(cfg, seed=0, param_dtype=frozen_dtype or jnp.float32)
+  model = models.init_random(cfg, seed=0, param_dtype=frozen_dtype or jnp.float32)
   phase("init")
-  mc = methods.MethodConfig(name=method, prompt_length=a.prompt_length, lora_rank=a.lora_rank,
-                            lora_alpha=2.0 * a.lora_rank)
-  methods.apply(model, mc)
+  options = {"prompt": dict(length=a.prompt_length),
+             "lora": dict(rank=a.lora_rank, alpha=2.0 * a.lora_rank)}.get(method, {})
+  mc = methods.make(method, **options)
+  methods.attach(model, mc)
   if method == "full":
     opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-5)
   elif method == "lora":
     opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-4)
   else:
-    opt = optim.default_for("prompt")
+    opt = None   # the method's default: Adafactor at 0.3
   tr = Trainer(model, mc, opt, frozen_dtype=frozen_dtype)
   del model
   rng = np.random.RandomState(0)
-  batch = complete_batch({"inputs": rng.randint(2, cfg.vocab_size, (a.batch, a.inp_len)),
-                          "targets": rng.randint(2, cfg.vocab_size, (a.batch, a.tgt_len))}, 0)
-  placed = jax.device_put(batch)
+  placed = tr.place({"inputs": rng.randint(2, cfg.vocab_size, (a.batch, a.inp_len)),
+                     "targets": rng.randint(2, cfg.vocab_size, (a.batch, a.tgt_len))})
   state = tr.init_state()
   phase("trainer + state")
   t_compile = time.time()
   for _ in range(a.warmup):
-    state, aux = tr._train(state, tr.frozen, placed)
+    state, aux = tr.step(state, placed)
   jax.block_until_ready(aux["loss"])
   t_compile = time.time() - t_compile
   phase("compile + warmup")
   t0 = time.time()
   for _ in range(a.steps):
-    state, aux = tr._train(state, tr.frozen, placed)
+    state, aux = tr.step(state, placed)
   loss = float(aux["loss"])  # blocks
   step_s = (time.time() - t0) / a.steps
   assert tr.trace_counts["train"] == 1, tr.trace_counts
@@ -113,6 +113,7 @@ def run_case(size, method, a):
       "system": f"jax{jax.__version__}+flax-nnx", "device": getattr(dev, "device_kind", str(dev)),
       "size": size, "method": method, "batch": a.batch, "inp_len": a.inp_len,
       "tgt_len": a.tgt_len, "prompt_len": prompt, "dtype": a.dtype, "remat": a.remat,
+      "scan_layers": a.scan,
       "attention": a.attention, "trainable": tr.num_trainable, "step_s": round(step_s, 4),
       "tokens_per_s": round(a.batch * (a.inp_len + a.tgt_len) / step_s),
       "tflops": round(tflops, 1),
@@ -135,6 +136,7 @@ def main():
   p.add_argument("--lora_rank", type=int, default=4)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  p.add_argument("--scan", action="store_true", help="scan over layers (one compiled layer)")
   p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
                  help="auto: cuDNN fused attention on GPU, XLA einsum elsewhere")
   p.add_argument("--steps", type=int, default=10)
@@ -157,6 +159,7 @@ def main():
   for name in ("batch", "inp_len", "tgt_len", "prompt_length", "lora_rank", "dtype", "remat",
                "attention", "steps", "warmup"):
     passthrough += [f"--{name}", str(getattr(a, name))]
+  passthrough += ["--scan"] if a.scan else []
   for size in a.sizes.split(","):
     for method in a.methods.split(","):
       cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{size},{method}"] + passthrough

@@ -32,19 +32,17 @@ QUICKSTART = nb([
            "a 20-vector prompt, train only the prompt with Adafactor (lr 0.3), decode."),
     ("code", SETUP),
     ("code", '''import numpy as np
-from flax import nnx
-from prompt_tuning import methods
+from prompt_tuning import methods, models
 from prompt_tuning.data import arrays, synthetic, vocab as vocab_lib
-from prompt_tuning.models import t5
 from prompt_tuning.trainer import Trainer
 
 vocab = vocab_lib.default_vocab()          # SentencePiece trained on the bundled corpus
 train = arrays.ArrayDataset(arrays.encode_examples(synthetic.sentiment_examples(1024), vocab, 48, 8))
 dev = arrays.ArrayDataset(arrays.encode_examples(synthetic.sentiment_examples(128, seed=1), vocab, 48, 8))
 print(synthetic.sentiment_examples(2))'''),
-    ("code", '''model = t5.T5(t5.get_config("tiny"), rngs=nnx.Rngs(0))
-method = methods.MethodConfig(name="prompt", prompt_length=20)
-methods.apply(model, method, tokenize=vocab.encode)
+    ("code", '''model = models.build(models.preset("tiny"))
+method = methods.make("prompt", length=20)
+methods.attach(model, method, tokenize=vocab.encode)
 trainer = Trainer(model, method)            # Adafactor, lr 0.3: the prompt-tuning defaults
 print(f"trainable {trainer.num_trainable:,} of {trainer.num_trainable + trainer.num_frozen:,} parameters")
 state = trainer.init_state()
@@ -68,15 +66,15 @@ DOMAIN_SHIFT = nb([
            "`model.hf_checkpoint` at a T5 checkpoint; here a tiny T5 keeps it quick. In tests "
            "(`PT_NOTEBOOK_SMALL=1`) TFDS is mocked, so no download happens."),
     ("code", SETUP),
-    ("code", '''import contextlib
+    ("code", '''import contextlib, tempfile
 import tensorflow_datasets as tfds
 from prompt_tuning.default_config import get_config
 from prompt_tuning.run import loop
 
 c = get_config()
 c.unlock()
-c.output_dir = "/tmp/qqp_to_mrpc"
-c.method.prompt_length = 20
+c.output_dir = tempfile.mkdtemp(prefix="qqp_to_mrpc_")
+c.method.prompt.length = 20
 c.data.update(domain_shift="qqp_to_mrpc", num_train=64 if SMALL else 20000,
               num_eval=32 if SMALL else 2000, max_input_length=96, max_target_length=8,
               truncate=True)
@@ -98,7 +96,7 @@ COMPARISON = nb([
            "under three methods; the plot shows the training loss, the table the parameter "
            "counts and dev accuracy."),
     ("code", SETUP),
-    ("code", '''import json
+    ("code", '''import json, tempfile
 from prompt_tuning.default_config import get_config
 from prompt_tuning.run import loop
 
@@ -107,8 +105,9 @@ results = {}
 for name, s in settings.items():
     c = get_config()
     c.unlock()
-    c.output_dir = f"/tmp/compare_{name}"
-    c.method.update(name=name, prompt_length=20)
+    c.output_dir = tempfile.mkdtemp(prefix=f"compare_{name}_")
+    c.method.name = name
+    c.method.prompt.length = 20
     c.optimizer.learning_rate = s["lr"]
     c.data.update(num_train=512 if SMALL else 2000, num_eval=64 if SMALL else 256)
     c.train.update(num_steps=20 if SMALL else 300, log_every=5 if SMALL else 10,

@@ -12,7 +12,8 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/bart_few_shot"
   c.model.update(preset="bart-base")
-  c.method.update(name="prompt", prompt_length=50)
+  c.method.name = "prompt"
+  c.method.prompt.length = 50
   c.data.update(task="super_glue_rte", few_shot=True, num_train=100, num_eval=0,
                 max_input_length=256, max_target_length=8, truncate=True)
   c.train.update(batch_size=8, num_steps=500, eval_every=100, checkpoint_every=100,

@@ -12,7 +12,8 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/multitask_zero_shot"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.method.update(name="prompt", prompt_length=100)
+  c.method.name = "prompt"
+  c.method.prompt.length = 100
   c.data.update(task=TRAIN, eval_tasks=HELD_OUT, num_train=50000, num_eval=1000,
                 max_input_length=512, max_target_length=64, truncate=True)
   c.train.update(batch_size=32, num_steps=20000, eval_every=2000, checkpoint_every=2000,

@@ -32,9 +32,9 @@ def get_sweep():
     d = {f"data.{k}": v for k, v in data.items()}
     for n in PROMPT_LENGTHS:
       runs.append(dict(name=f"{tname}_prompt{n}", **d, **{"method.name": "prompt",
-                                                          "method.prompt_length": n}))
+                                                          "method.prompt.length": n}))
     for r in LORA_RANKS:
       runs.append(dict(name=f"{tname}_lora{r}", **d, **{
-          "method.name": "lora", "method.lora_rank": r, "method.lora_alpha": 2.0 * r}))
+          "method.name": "lora", "method.lora.rank": r, "method.lora.alpha": 2.0 * r}))
     runs.append(dict(name=f"{tname}_full", **d, **{"method.name": "full"}))
   return runs

@@ -8,8 +8,9 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/qqp_to_mrpc"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.method.update(name="prompt", prompt_length=100, prompt_init="class_labels",
-                  class_labels=("equivalent", "not_equivalent"))
+  c.method.name = "prompt"
+  c.method.prompt.update(length=100, init="class_labels",
+                         class_labels=("equivalent", "not_equivalent"))
   c.data.update(domain_shift="qqp_to_mrpc", num_train=0, num_eval=0, max_input_length=256,
                 max_target_length=8, truncate=True)
   c.train.update(batch_size=32, num_steps=30000, eval_every=1000, checkpoint_every=1000,

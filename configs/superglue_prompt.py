@@ -16,9 +16,10 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/superglue_prompt"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.method.update(name="prompt", prompt_length=100, prompt_init="class_labels",
-                  class_labels=("True", "False", "entailment", "not_entailment", "contradiction",
-                                "neutral", "choice1", "choice2"))
+  c.method.name = "prompt"
+  c.method.prompt.update(length=100, init="class_labels",
+                         class_labels=("True", "False", "entailment", "not_entailment",
+                                       "contradiction", "neutral", "choice1", "choice2"))
   c.optimizer.update(name="adafactor", learning_rate=0.3, decay_rate=0.8, clipping_threshold=1.0)
   c.data.update(task="super_glue", eval_tasks=TASKS, num_train=0, num_eval=0,
                 max_input_length=512, max_target_length=16, truncate=True)

@@ -3,6 +3,8 @@ sentiment task, with a SentencePiece model trained in-repo on bundled text. Runs
 under two minutes. Experiment configs under configs/ start from this one."""
 import ml_collections
 
+from prompt_tuning import methods
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -13,15 +15,14 @@ def get_config():
       hf_checkpoint="",         # HF T5 checkpoint directory (config.json + weights)
       dtype="float32",          # compute dtype
       frozen_dtype="",          # dtype of the frozen weights ("" = as loaded, e.g. "bfloat16")
-      remat="none",
-      attention_impl="xla",
+      remat="none",             # "none" | "full" | "dots" (rematerialise all but matmul outputs)
+      scan_layers=False,        # one jax.lax.scan over the layers (fast compiles, same numbers)
+      attention_impl="xla",     # "xla" | "cudnn" (fused, GPU, bfloat16)
       dropout_rate=0.0,
   ))
-  c.method = ml_collections.ConfigDict(dict(
-      name="prompt", prompt_length=100, prompt_init="vocab", prompt_init_vocab_size=5000,
-      prompt_init_text="", class_labels=(), lora_rank=4, lora_alpha=8.0,
-      lora_targets=("q", "k", "v", "o", "mlp"), layers=(), last_k_blocks=0,
-  ))
+  # method.name picks the tuning method; method.<name> holds its options (one section per
+  # module of prompt_tuning/methods, with that module's defaults).
+  c.method = ml_collections.ConfigDict(dict(name="prompt", **methods.defaults()))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="",                  # "" = the method's default (Adafactor for prompts, else AdamW)
       learning_rate=0.0,        # 0 = the method's default (0.3 for prompts)

@@ -1,4 +1,5 @@
-"""Optimizers: Adafactor with the prompt-tuning paper defaults, AdamW for LoRA / full tuning."""
+"""Optimizers: Adafactor (its defaults are the prompt-tuning paper's), AdamW, SGD; each tuning
+method names its default (methods/*.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,14 +42,6 @@ class OptimizerConfig:
     if unknown:
       raise ValueError(f"unknown optimizer option(s) {sorted(unknown)}")
     return dataclasses.replace(self, **kw)
-
-
-def default_for(method: str) -> OptimizerConfig:
-  if method == "prompt":
-    return OptimizerConfig()
-  if method == "lora":
-    return OptimizerConfig(name="adamw", learning_rate=1e-3)
-  return OptimizerConfig(name="adamw", learning_rate=1e-4)
 
 
 def schedule(cfg: OptimizerConfig):

@@ -94,6 +94,12 @@ def to_decoder_only(batch: dict) -> dict:
   return out
 
 
+def _norm(tree):
+  # optax.tree.norm replaced optax.global_norm (deprecated) in newer optax releases.
+  return optax.tree.norm(tree) if hasattr(optax, "tree") and hasattr(optax.tree, "norm") \
+      else optax.global_norm(tree)
+
+
 class Trainer:
   """Holds the frozen model state once and exposes jit-compiled steps on the trainable part.
 
@@ -228,8 +234,8 @@ class Trainer:
       aux["finite"] = jnp.logical_and(
           jnp.isfinite(aux["loss"]),
           jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])))
-      aux["grad_norm"] = optax.global_norm(grads)
-      aux["param_norm"] = optax.global_norm(params)
+      aux["grad_norm"] = _norm(grads)
+      aux["param_norm"] = _norm(params)
       return TrainState(state.step + 1, params, opt_state), aux
 
   def _eval_step(self, params, frozen, batch):

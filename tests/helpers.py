@@ -1,11 +1,11 @@
 import numpy as np
-from flax import nnx
 
-from prompt_tuning import methods, trainer as trainer_lib
+from prompt_tuning import methods, models, trainer as trainer_lib
 from prompt_tuning.data import arrays, synthetic, vocab as vocab_lib
-from prompt_tuning.models import t5
 
 _VOCAB = None
+MODEL_OPTIONS = ("dtype", "remat", "dropout_rate", "attention_impl", "scan_layers", "init_std",
+                 "embed_init_std")
 
 
 def vocab():
@@ -20,9 +20,11 @@ def sentiment_data(n=512, seed=0, split_seed=0):
   return arrays.ArrayDataset(arrays.encode_examples(ex, vocab(), 48, 8), seed=seed)
 
 
+def tiny_model(preset="tiny", seed=0, **options):
+  return models.build(models.preset(preset, **options), seed=seed)
+
+
 def make_trainer(method: methods.MethodConfig, optimizer=None, preset="tiny", seed=0, **kw):
-  model_kw = {k: kw.pop(k) for k in list(kw) if k in ("dtype", "remat", "dropout_rate",
-                                                       "attention_impl")}
-  model = t5.T5(t5.get_config(preset, **model_kw), rngs=nnx.Rngs(seed))
-  methods.apply(model, method, tokenize=vocab().encode)
+  model = tiny_model(preset, seed, **{k: kw.pop(k) for k in list(kw) if k in MODEL_OPTIONS})
+  methods.attach(model, method, tokenize=vocab().encode)
   return trainer_lib.Trainer(model, method, optimizer, **kw)

@@ -21,7 +21,7 @@ def leaves_equal(a, b):
 @pytest.mark.parametrize("name", ["prompt", "lora"])
 def test_round_trip_is_exact_and_trainable_only(tmp_path, name):
   ds = sentiment_data(64)
-  cfg = methods.MethodConfig(name=name, prompt_length=6)
+  cfg = methods.make(name, **({"length": 6} if name == "prompt" else {}))
   tr = make_trainer(cfg)
   st = tr.init_state()
   for i in range(3):
@@ -40,7 +40,7 @@ def test_round_trip_is_exact_and_trainable_only(tmp_path, name):
 
 def test_resume_continues_exactly(tmp_path):
   ds = sentiment_data(64)
-  cfg = methods.MethodConfig(name="lora")
+  cfg = methods.make("lora")
   opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-3)
   tr = make_trainer(cfg, opt)
   st = tr.init_state()
@@ -61,7 +61,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_incomplete_checkpoint_is_ignored(tmp_path):
-  tr = make_trainer(methods.MethodConfig(prompt_length=4))
+  tr = make_trainer(methods.make("prompt", length=4))
   st = tr.init_state()
   d = tmp_path / "ck"
   ck = checkpoint.Checkpointer(str(d))
@@ -75,14 +75,14 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
 
 
 def test_errors(tmp_path):
-  tr = make_trainer(methods.MethodConfig(prompt_length=4))
+  tr = make_trainer(methods.make("prompt", length=4))
   ck = checkpoint.Checkpointer(str(tmp_path / "empty"))
   with pytest.raises(FileNotFoundError, match="no checkpoint found"):
     ck.restore(tr.init_state())
   ck.save(tr.init_state())
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 5"):
     ck.restore(tr.init_state(), step=5)
-  other = make_trainer(methods.MethodConfig(prompt_length=9))
+  other = make_trainer(methods.make("prompt", length=9))
   with pytest.raises(ValueError):
     ck.restore(other.init_state())
 
@@ -91,7 +91,7 @@ def small_config(out, **kw):
   c = get_config()
   c.unlock()
   c.output_dir = str(out)
-  c.method.prompt_length = 8
+  c.method.prompt.length = 8
   c.data.num_train, c.data.num_eval = 128, 32
   c.train.update(batch_size=8, num_steps=6, log_every=2, eval_every=6, checkpoint_every=3,
                  eval_batch_size=32)
@@ -111,7 +111,7 @@ def test_driver_resume_matches_uninterrupted_run(tmp_path):
   assert resumed["step"] == full["step"] == 6
   a = checkpoint.Checkpointer(str(tmp_path / "a" / "checkpoints"))
   b = checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints"))
-  tr = make_trainer(methods.MethodConfig(prompt_length=8))
+  tr = make_trainer(methods.make("prompt", length=8))
   sa, ma = a.restore(tr.init_state())
   sb, _ = b.restore(tr.init_state())
   leaves_equal(sa.params, sb.params)

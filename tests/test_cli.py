@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--config.method.prompt_length=8", "--config.data.num_train=128",
+SMALL = ["--config.method.prompt.length=8", "--config.data.num_train=128",
          "--config.data.num_eval=32", "--config.train.batch_size=8",
          "--config.train.num_steps=4", "--config.train.log_every=2",
          "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
@@ -49,9 +49,9 @@ def test_train_eval_infer(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["--config.method.nme=lora"], "unknown config key"),
     (["--config.method.name=adapters"], "unknown tuning method"),
-    (["--config.method.prompt_init=zeros"], "unknown prompt_init"),
+    (["--config.method.prompt.init=zeros"], "unknown prompt init"),
     (["--config.data.task=nonexistent_task"], "unknown task"),
-    (["--config.method.prompt_length=2000"], "exceeds train.max_encoder_length"),
+    (["--config.method.prompt.length=2000"], "exceed train.max_encoder_length"),
     (["--config.data.max_input_length=5"], "longer than max_input_length"),
     (["--config.model.hf_checkpoint=/does/not/exist"], "does not exist"),
 ])

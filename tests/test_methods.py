@@ -1,16 +1,17 @@
-"""Tuning methods: prompt inits, LoRA maths, trainable/frozen split."""
+"""Tuning methods: the registry, configs that validate themselves, prompt inits, LoRA through the
+Dense.adapter hook on every family, layer selection by stack, and the trainable/frozen split."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from prompt_tuning import methods, trainer as trainer_lib
-from prompt_tuning.models import layers, t5
+from prompt_tuning import methods, models, trainer as trainer_lib
+from prompt_tuning.methods import lora, prompt
+from prompt_tuning.models import core
+from tests.helpers import tiny_model
 
-
-def tiny(seed=0, **kw):
-  return t5.T5(t5.get_config("tiny", **kw), rngs=nnx.Rngs(seed))
+FAMILIES = ["tiny", "tiny-bart", "tiny-gpt2", "tiny-llama"]
 
 
 def batch(seed=0, b=4, s=9, t=3):
@@ -19,11 +20,40 @@ def batch(seed=0, b=4, s=9, t=3):
           "targets": r.randint(3, 256, (b, t)).astype(np.int32)}
 
 
+def logits(m, b):
+  if m.cfg.is_encoder_decoder:
+    return np.asarray(m(b["inputs"], np.ones_like(b["inputs"]), b["targets"]))
+  return np.asarray(m(b["inputs"], np.ones_like(b["inputs"])))
+
+
+def test_registry_and_config_sections():
+  assert set(methods.REGISTRY) >= {"prompt", "lora", "full", "layers"}
+  d = methods.defaults()
+  assert d["prompt"]["length"] == 100 and d["prompt"]["init"] == "vocab"
+  assert d["lora"]["rank"] == 4 and d["full"] == {}
+  assert methods.describe(methods.make("lora", rank=8, seed=3)) == {
+      "name": "lora", "seed": 3, "rank": 8, "alpha": 8.0, "targets": ("q", "k", "v", "o", "mlp")}
+
+
+@pytest.mark.parametrize("name,kw,msg", [
+    ("adapterz", {}, "unknown tuning method"),
+    ("prompt", dict(init="zeros"), "unknown prompt init"),
+    ("prompt", dict(length=0), "length must be positive"),
+    ("prompt", dict(lenght=5), r"unknown prompt option\(s\) \['lenght'\]"),
+    ("prompt", dict(init="class_labels"), "needs class_labels"),
+    ("lora", dict(targets=("qq",)), "unknown lora targets"),
+    ("lora", dict(rank=0), "rank must be positive"),
+    ("layers", {}, "needs paths"),
+])
+def test_bad_method_config(name, kw, msg):
+  with pytest.raises(ValueError, match=msg):
+    methods.make(name, **kw)
+
+
 def test_prompt_init_vocab_samples_first_5000_ids():
   emb = np.random.RandomState(0).normal(size=(8000, 16)).astype(np.float32)
-  p = methods.init_prompt(methods.MethodConfig(prompt_length=100), emb)
+  p = prompt.init_prompt(methods.make("prompt", length=100), emb)
   assert p.shape == (100, 16)
-  # Every row is an embedding row among the first 5000 ids, none from the tail.
   d_head = ((p[:, None, :] - emb[None, :5000]) ** 2).sum(-1).min(1)
   d_tail = ((p[:, None, :] - emb[None, 5000:]) ** 2).sum(-1).min(1)
   assert np.all(d_head == 0) and np.all(d_tail > 0)
@@ -33,97 +63,107 @@ def test_prompt_init_vocab_samples_first_5000_ids():
 def test_prompt_init_class_labels_text_uniform():
   emb = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
   tok = {"yes": [3], "no": [4, 6], "hello world": [7, 8, 9]}.__getitem__
-  p = methods.init_prompt(methods.MethodConfig(prompt_length=5, prompt_init="class_labels",
-                                               class_labels=("yes", "no")), emb, tok)
+  p = prompt.init_prompt(methods.make("prompt", length=5, init="class_labels",
+                                      class_labels=("yes", "no")), emb, tok)
   np.testing.assert_array_equal(p[0], emb[3])
   np.testing.assert_array_equal(p[1], (emb[4] + emb[6]) / 2)
-  p = methods.init_prompt(methods.MethodConfig(prompt_length=4, prompt_init="text",
-                                               prompt_init_text="hello world"), emb, tok)
+  p = prompt.init_prompt(methods.make("prompt", length=4, init="text",
+                                      init_text="hello world"), emb, tok)
   np.testing.assert_array_equal(p[:3], emb[[7, 8, 9]])
-  u = methods.init_prompt(methods.MethodConfig(prompt_length=300, prompt_init="uniform"), emb)
+  u = prompt.init_prompt(methods.make("prompt", length=300, init="uniform"), emb)
   assert u.min() >= -0.5 and u.max() <= 0.5 and u.std() > 0.2
-  with pytest.raises(ValueError, match="longer than prompt_length"):
-    methods.init_prompt(methods.MethodConfig(prompt_length=2, prompt_init="text",
-                                             prompt_init_text="hello world"), emb, tok)
+  with pytest.raises(ValueError, match="longer than the prompt length"):
+    prompt.init_prompt(methods.make("prompt", length=2, init="text", init_text="hello world"),
+                       emb, tok)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(name="adapterz"), "unknown tuning method"),
-    (dict(prompt_init="zeros"), "unknown prompt_init"),
-    (dict(prompt_length=0), "prompt_length must be positive"),
-    (dict(name="lora", lora_targets=("qq",)), "unknown lora_targets"),
-    (dict(name="layers"), "needs `layers`"),
-])
-def test_bad_method_config(kw, msg):
-  with pytest.raises(ValueError, match=msg):
-    methods.MethodConfig(**kw)
-
-
-def test_prompt_is_prepended_with_mask():
-  m = tiny()
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_prompt_is_prepended_and_per_example_prompts_agree(preset):
+  m, m2 = tiny_model(preset), tiny_model(preset)
   b = batch()
-  dec = jnp.zeros((4, 3), jnp.int32)
-  mask = jnp.ones((4, 9), jnp.int32)
-  prompt = np.random.RandomState(1).normal(size=(5, 64)).astype(np.float32)
-  m.set_prompt(prompt)
-  enc, enc_mask = m.encode(b["inputs"], mask)
-  assert enc.shape == (4, 14, 64) and enc_mask.shape == (4, 14)
-  # Same as passing the prompt explicitly per example (mixed-task path).
-  per_example = np.broadcast_to(prompt, (4, 5, 64))
-  m2 = tiny()
-  np.testing.assert_allclose(m2(b["inputs"], mask, dec, prompts=per_example),
-                             m(b["inputs"], mask, dec), atol=1e-5)
-  # The prompt changes the output.
-  assert np.abs(np.asarray(m2(b["inputs"], mask, dec)) - np.asarray(m(b["inputs"], mask, dec))).max() > 1e-3
+  p = np.random.RandomState(1).normal(size=(5, 64)).astype(np.float32)
+  m.set_prompt(p)
+  per_example = np.broadcast_to(p, (4, 5, 64))
+  if m.cfg.is_encoder_decoder:
+    enc, seg = m.encode(b["inputs"], np.ones((4, 9), np.int32))
+    assert enc.shape == (4, 14, 64) and seg.shape == (4, 14)
+    other = np.asarray(m2(b["inputs"], np.ones((4, 9), np.int32), b["targets"],
+                          prompts=per_example))
+  else:
+    other = np.asarray(m2(b["inputs"], np.ones((4, 9), np.int32), prompts=per_example))
+  np.testing.assert_allclose(other, logits(m, b), atol=1e-5)
+  assert np.abs(logits(m2, b) - logits(m, b)).max() > 1e-3   # the prompt changes the output
 
 
-def test_lora_starts_at_base_model_and_matches_merged_weights():
-  base = tiny()
-  m = tiny()
-  cfg = methods.MethodConfig(name="lora", lora_rank=3, lora_alpha=6.0)
-  methods.apply(m, cfg)
+def _count_dense(m, roles):
+  return sum(isinstance(mod, core.Dense) and mod.role in roles for _, mod in nnx.iter_modules(m))
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_lora_targets_every_family_by_role_and_matches_merged_weights(preset):
+  """One rule reaches attention (self and cross) and the MLP of every family, BART's included."""
+  base, m = tiny_model(preset), tiny_model(preset)
+  cfg = methods.make("lora", rank=3, alpha=6.0)
+  methods.attach(m, cfg)
   b = batch()
-  dec = jnp.zeros((4, 3), jnp.int32)
-  mask = jnp.ones((4, 9), jnp.int32)
-  np.testing.assert_allclose(m(b["inputs"], mask, dec), base(b["inputs"], mask, dec), atol=1e-6)
-  # Set B to random values and compare with explicitly merged weights W + (alpha/r) A B.
-  n = 0
+  np.testing.assert_allclose(logits(m, b), logits(base, b), atol=1e-6)   # B = 0 at start
+  adapters = [(p, mod) for p, mod in nnx.iter_modules(m)
+              if isinstance(mod, core.Dense) and mod.adapter is not None]
+  assert len(adapters) == _count_dense(m, {"q", "k", "v", "o", "mlp_in", "mlp_out"})
+  assert any("mlp" in ".".join(map(str, p)) for p, _ in adapters)
   rng = np.random.RandomState(0)
-  for path, mod in nnx.iter_modules(m):
-    if isinstance(mod, layers.DenseGeneral) and mod.lora_a is not None:
-      mod.lora_b.set_value(jnp.asarray(rng.normal(size=mod.lora_b.shape) * 0.1, jnp.float32))
-      a, bb = np.asarray(mod.lora_a[...]), np.asarray(mod.lora_b[...])
-      merged = np.asarray(mod.kernel[...]) + 2.0 * np.tensordot(a, bb, axes=1)
-      tgt = base
-      for p in path:
-        tgt = tgt[p] if isinstance(p, int) else getattr(tgt, p)
-      tgt.kernel.set_value(jnp.asarray(merged))
-      n += 1
-  # encoder: 2 blocks x (q,k,v,o + wi_0,wi_1,wo); decoder: 2 x (2 x q,k,v,o + 3 MLP matrices).
-  assert n == 2 * (4 + 3) + 2 * (8 + 3)
-  np.testing.assert_allclose(m(b["inputs"], mask, dec), base(b["inputs"], mask, dec),
-                             atol=2e-4, rtol=1e-4)
+  for path, dense in adapters:   # random B; compare with explicitly merged W + (alpha/r) A B
+    dense.adapter.b.set_value(jnp.asarray(rng.normal(size=dense.adapter.b.shape) * 0.1,
+                                          jnp.float32))
+    target = base
+    for p in path:
+      target = target[p] if isinstance(p, int) else getattr(target, p)
+    target.kernel.set_value(dense.kernel[...] + dense.adapter.delta(dense))
+  np.testing.assert_allclose(logits(m, b), logits(base, b), atol=2e-4, rtol=1e-4)
+
+
+def test_lora_target_subset():
+  m = tiny_model("tiny-bart")
+  methods.attach(m, methods.make("lora", targets=("mlp",)))
+  roles = {mod.role for _, mod in nnx.iter_modules(m)
+           if isinstance(mod, core.Dense) and mod.adapter is not None}
+  assert roles == {"mlp_in", "mlp_out"}
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_layers_last_k_selects_the_last_layer_of_every_stack(preset):
+  m = tiny_model(preset)
+  _, tr, _ = methods.split(m, methods.make("layers", last_k=1))
+  heads = {tuple(p[:3]) for p, _ in nnx.to_flat_state(tr)}
+  want = {("encoder", "layers", 1), ("decoder", "layers", 1)} if m.cfg.is_encoder_decoder \
+      else {("decoder", "layers", 1)}
+  assert heads == want
+
+
+def test_layer_prefix_that_matches_nothing():
+  with pytest.raises(ValueError, match="matches no pre-trained weight"):
+    methods.split(tiny_model(), methods.make("layers", paths=("decoder.layers.9",)))
 
 
 @pytest.mark.parametrize("cfg,expect", [
-    (methods.MethodConfig(prompt_length=7), lambda m: 7 * 64),
-    (methods.MethodConfig(name="full"), lambda m: None),
-    (methods.MethodConfig(name="layers", layers=("decoder.blocks.1",)), lambda m: None),
+    (methods.make("prompt", length=7), 7 * 64),
+    (methods.make("full"), None),
+    (methods.make("layers", paths=("decoder.layers.1",)), None),
 ])
 def test_only_trainable_params_get_state(cfg, expect):
-  m = tiny()
+  m = tiny_model()
   total = methods.count_params(nnx.state(m, nnx.Param))
-  methods.apply(m, cfg)
+  methods.attach(m, cfg)
   tr = trainer_lib.Trainer(m, cfg)
   st = tr.init_state()
   n_train = methods.count_params(st.params)
-  if expect(m) is not None:
-    assert n_train == expect(m)
+  if expect is not None:
+    assert n_train == expect
   if cfg.name == "full":
     assert n_train == total and tr.num_frozen == 0
   if cfg.name == "layers":
     paths = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(st.params)]
-    assert paths and all(p.startswith("decoder.blocks.1.") for p in paths)
+    assert paths and all(p.startswith("decoder.layers.1.") for p in paths)
     assert tr.num_frozen + n_train == total
   # Optimizer state is only as large as the trainable params (adafactor: <= 2x + counters).
   assert methods.count_params(st.opt_state) <= 2 * n_train + 8
@@ -132,17 +172,33 @@ def test_only_trainable_params_get_state(cfg, expect):
   assert len(frozen_ids) == len(jax.tree.leaves(tr.frozen))
 
 
-def test_layer_prefix_that_matches_nothing():
-  m = tiny()
-  cfg = methods.MethodConfig(name="layers", layers=("decoder.blocks.9",))
-  with pytest.raises(ValueError, match="matches no parameter"):
-    methods.split(m, cfg)
+def test_init_state_is_pure():
+  """Calling init_state twice gives equal, independent states (the step donates its input)."""
+  m = tiny_model()
+  cfg = methods.make("lora")
+  methods.attach(m, cfg)
+  tr = trainer_lib.Trainer(m, cfg)
+  a = tr.init_state()
+  b = tr.init_state()
+  a, _ = tr.train_step(a, batch())
+  b, _ = tr.train_step(b, batch())   # would fail with "buffer has been donated" if shared
+  c = tr.init_state()
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, y) for x, y in
+             zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
 
 
-def test_last_k_blocks():
-  m = tiny()
-  cfg = methods.MethodConfig(name="layers", last_k_blocks=1)
-  _, tr, fr = methods.split(m, cfg)
-  paths = {".".join(map(str, p)).split(".")[0] + "." + ".".join(map(str, p)).split(".")[2]
-           for p, _ in nnx.to_flat_state(tr)}
-  assert paths == {"encoder.1", "decoder.1"}
+def test_export_names_the_trainable_state():
+  m = tiny_model()
+  cfg = methods.make("prompt", length=3)
+  methods.attach(m, cfg)
+  tr = trainer_lib.Trainer(m, cfg)
+  out = methods.get("prompt").export(m, tr.init_state().params, cfg)
+  assert list(out) == ["prompt"] and out["prompt"].shape == (3, 64)
+  m = tiny_model()
+  cfg = methods.make("lora", targets=("q",))
+  methods.attach(m, cfg)
+  tr = trainer_lib.Trainer(m, cfg)
+  out = methods.get("lora").export(m, tr.init_state().params, cfg)
+  assert "encoder.layers.0.attn.q.adapter.a" in out and len(out) == 2 * (2 + 4)

@@ -10,7 +10,7 @@ def cfg(out, task):
   c = get_config()
   c.unlock()
   c.output_dir = str(out)
-  c.method.prompt_length = 8
+  c.method.prompt.length = 8
   c.data.update(task=task, num_train=64, num_eval=16)
   c.train.update(batch_size=8, num_steps=6, log_every=3, eval_every=6, checkpoint_every=6,
                  eval_batch_size=16)
@@ -41,6 +41,6 @@ def test_mixed_batch_equals_per_task_inference(tmp_path):
   with pytest.raises(ValueError, match="no prompt run given"):
     infer.infer_mixed(a, {"sent": str(tmp_path / "a")}, [("copy", "copy: x")])
   other = cfg(tmp_path / "c", "synthetic_copy")
-  other.unlock(); other.method.prompt_length = 4; other.lock()
-  with pytest.raises(ValueError, match="prompt_length"):
+  other.unlock(); other.method.prompt.length = 4; other.lock()
+  with pytest.raises(ValueError, match="prompt length"):
     infer.infer_mixed(other, {"sent": str(tmp_path / "a")}, [("sent", "review: x")])

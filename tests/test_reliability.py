@@ -15,7 +15,7 @@ from prompt_tuning.default_config import get_config
 from tests.helpers import make_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--config.method.prompt_length=8", "--config.data.num_train=64",
+ARGS = ["--config.method.prompt.length=8", "--config.data.num_train=64",
         "--config.data.num_eval=16", "--config.train.batch_size=8",
         "--config.train.num_steps=40", "--config.train.log_every=5",
         "--config.train.eval_every=40", "--config.train.checkpoint_every=5",
@@ -27,7 +27,7 @@ def cmd(out):
 
 
 def params_of(out):
-  tr = make_trainer(methods.MethodConfig(prompt_length=8))
+  tr = make_trainer(methods.make("prompt", length=8))
   st, _ = checkpoint.Checkpointer(os.path.join(out, "checkpoints")).restore(tr.init_state())
   return int(st.step), jax.tree.leaves(st.params)
 
@@ -82,7 +82,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     loop.train(config(float("inf"), 6))
   ck = checkpoint.Checkpointer(os.path.join(str(tmp_path), "checkpoints"))
   assert ck.latest_step() == 3
-  tr = make_trainer(methods.MethodConfig(name="full"), optim.OptimizerConfig(name="sgd",
-                                                                            learning_rate=1e-3))
+  tr = make_trainer(methods.make("full"), optim.OptimizerConfig(name="sgd", learning_rate=1e-3))
   st, _ = ck.restore(tr.init_state())
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(st.params))

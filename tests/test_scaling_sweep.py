@@ -15,10 +15,10 @@ def test_scaling_sweep_writes_table_fits_and_plot(tmp_path):
                  eval_batch_size=16)
   c.lock()
   out = str(tmp_path / "scaling")
-  res = scaling_sweep.run(c, [16, 64], "method.prompt_length", [4, 12], out)
+  res = scaling_sweep.run(c, [16, 64], "method.prompt.length", [4, 12], out)
   rows = list(csv.DictReader(open(os.path.join(out, "scaling_table.csv"))))
   assert len(rows) == 4
-  assert sorted((int(r["D"]), int(r["method.prompt_length"])) for r in rows) == [
+  assert sorted((int(r["D"]), int(r["method.prompt.length"])) for r in rows) == [
       (16, 4), (16, 12), (64, 4), (64, 12)]
   assert {int(r["trainable_params"]) for r in rows} == {4 * 64, 12 * 64}
   fits = json.load(open(os.path.join(out, "scaling_fits.json")))

@@ -16,15 +16,16 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import PartitionSpec as P
 from flax import nnx
 assert jax.device_count() == 8, jax.devices()
-from prompt_tuning import methods, optim, sharding
-from prompt_tuning.models import t5
+from prompt_tuning import methods, models, optim, sharding
 from prompt_tuning.trainer import Trainer
 
 def make(mesh, name):
-  m = t5.T5(t5.get_config("tiny"), rngs=nnx.Rngs(0))
-  mc = methods.MethodConfig(name=name, prompt_length=6)
-  methods.apply(m, mc)
-  return Trainer(m, mc, optim.OptimizerConfig(name="adamw", learning_rate=1e-2), mesh=mesh)
+  m = models.build(models.preset("tiny"))
+  mc = methods.make(name, **({"length": 6} if name == "prompt" else {}))
+  methods.attach(m, mc)
+  # SGD: parameters stay a linear function of the gradients, so sharded and single-device runs
+  # differ by float32 rounding only (Adam's normalisation would amplify it where grads are ~0).
+  return Trainer(m, mc, optim.OptimizerConfig(name="sgd", learning_rate=0.1), mesh=mesh)
 
 rng = np.random.RandomState(0)
 batches = [{"inputs": rng.randint(3, 256, (8, 12)), "targets": rng.randint(3, 256, (8, 5))}
@@ -37,14 +38,16 @@ for name in ("prompt", "lora", "full"):
   for b in batches:
     s1, a1 = ref.train_step(s1, b)
     s2, a2 = sh.train_step(s2, b)
-    assert abs(float(a1["loss"]) - float(a2["loss"])) < 1e-5, (name, float(a1["loss"]), float(a2["loss"]))
+    # Sharded reductions add in another order: equal to float32 rounding (loss ~20 here).
+    assert abs(float(a1["loss"]) - float(a2["loss"])) < 2e-6 * abs(float(a1["loss"])) + 1e-6, \
+        (name, float(a1["loss"]), float(a2["loss"]))
   for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
   if name == "full":
-    w = s2.params["encoder"]["blocks"][0]["mlp"]["wi_0"]["kernel"][...]
+    w = s2.params["encoder"]["layers"][0]["mlp"]["wi_0"]["kernel"][...]
     assert w.sharding.spec == P(None, "model"), w.sharding
     assert len(w.addressable_shards) == 8 and w.addressable_shards[0].data.shape == (64, 64)
-    q = s2.params["encoder"]["blocks"][0]["self_attn"]["q"]["kernel"][...]
+    q = s2.params["encoder"]["layers"][0]["attn"]["q"]["kernel"][...]
     assert q.sharding.spec == P(None, "model", None), q.sharding
   # Decoding on the mesh gives the same tokens.
   d1 = ref.decode(s1.params, batches[0], 6)

@@ -9,7 +9,7 @@ from tests.helpers import make_trainer, sentiment_data
 
 
 def tuned_pair():
-  tr = make_trainer(methods.MethodConfig(name="layers", last_k_blocks=1),
+  tr = make_trainer(methods.make("layers", last_k=1),
                     optim.OptimizerConfig(name="adamw", learning_rate=1e-2))
   st = tr.init_state()
   pre = jax.tree.map(np.array, st.params)
@@ -28,10 +28,10 @@ def test_distances_per_parameter_and_layer():
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(pre)])  # sanity: rows cover all
   assert sum(r_["numel"] for r_ in rows) == a.size
   layers = sparse.per_layer(rows)
-  assert set(layers) == {"encoder.blocks.1", "decoder.blocks.1"}
+  assert set(layers) == {"encoder.layers.1", "decoder.layers.1"}
   # Layer L2 is the root of the summed squared parameter distances.
-  enc = [x["l2"] ** 2 for x in rows if x["path"].startswith("encoder.blocks.1.")]
-  assert layers["encoder.blocks.1"]["l2"] == pytest.approx(np.sqrt(sum(enc)))
+  enc = [x["l2"] ** 2 for x in rows if x["path"].startswith("encoder.layers.1.")]
+  assert layers["encoder.layers.1"]["l2"] == pytest.approx(np.sqrt(sum(enc)))
   same = sparse.param_distances(pre, pre)
   assert all(x["l2"] == 0 and x["angle_deg"] == pytest.approx(0, abs=1e-2) for x in same)
 
@@ -69,7 +69,8 @@ def test_sparsify_a_finished_run(tmp_path):
   c = get_config()
   c.unlock()
   c.output_dir = str(tmp_path)
-  c.method.update(name="layers", last_k_blocks=1)
+  c.method.name = "layers"
+  c.method.layers.last_k = 1
   c.optimizer.update(name="adamw", learning_rate=1e-3)
   c.data.update(num_train=32, num_eval=16)
   c.train.update(batch_size=8, num_steps=3, log_every=3, eval_every=3, checkpoint_every=3,
@@ -78,7 +79,7 @@ def test_sparsify_a_finished_run(tmp_path):
   loop.train(c)
   rep = sparse.sparsify_run(c, 0.25)
   assert abs(rep["kept_entries"] / rep["total_entries"] - 0.25) < 0.01
-  assert set(rep["per_layer"]) == {"encoder.blocks.1", "decoder.blocks.1"}
+  assert set(rep["per_layer"]) == {"encoder.layers.1", "decoder.layers.1"}
   for key in ("eval_dense", "eval_sparse"):
     assert np.isfinite(rep[key]["synthetic_sentiment"]["loss"])
   assert os.path.exists(tmp_path / "sparse_diff.npz")

@@ -14,7 +14,7 @@ def small(out):
   c = get_config()
   c.unlock()
   c.output_dir = str(out)
-  c.method.prompt_length = 4
+  c.method.prompt.length = 4
   c.data.update(num_train=32, num_eval=16)
   c.train.update(batch_size=8, num_steps=3, log_every=3, eval_every=3, checkpoint_every=3,
                  eval_batch_size=16)
@@ -24,7 +24,7 @@ def small(out):
 
 def test_sweep_runs_and_summarizes(tmp_path):
   runs = [dict(name="k8_seed0", group="k8", seed=0), dict(name="k8_seed1", group="k8", seed=1),
-          {"name": "len6", "method.prompt_length": 6}]
+          {"name": "len6", "method.prompt.length": 6}]
   res = sweep_lib.sweep(small(tmp_path), runs)
   assert res["runs"] == ["k8_seed0", "k8_seed1", "len6"]
   rows = [json.loads(l) for l in open(tmp_path / "results.jsonl")]

@@ -123,7 +123,7 @@ def test_domain_shift_training_run(tmp_path):
   c = get_config()
   c.unlock()
   c.output_dir = str(tmp_path)
-  c.method.prompt_length = 8
+  c.method.prompt.length = 8
   c.data.update(domain_shift="qqp_to_mrpc", num_train=32, num_eval=16, max_input_length=64,
                 max_target_length=8, truncate=True)
   c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=4,
@@ -155,7 +155,7 @@ def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
     c = get_config()
     c.unlock()
     c.output_dir = str(tmp_path)
-    c.method.prompt_length = 4
+    c.method.prompt.length = 4
     c.data.update(task="super_glue_rte+super_glue_cb", eval_tasks=("glue_mrpc_paraphrase",),
                   instructions=True, num_train=16, num_eval=8, max_input_length=96,
                   max_target_length=8, truncate=True)

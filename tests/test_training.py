@@ -20,7 +20,7 @@ def run(tr, ds, steps, bs=32):
 
 def test_prompt_tuning_reduces_loss_by_half_without_recompiling():
   ds = sentiment_data()
-  cfg = methods.MethodConfig(prompt_length=20)
+  cfg = methods.make("prompt", length=20)
   tr = make_trainer(cfg)
   assert tr.opt_cfg.name == "adafactor" and tr.opt_cfg.learning_rate == 0.3
   st, losses = run(tr, ds, 60)
@@ -35,7 +35,7 @@ def test_prompt_tuning_reduces_loss_by_half_without_recompiling():
 def test_lora_learns_the_task():
   ds = sentiment_data(1024)
   dev = sentiment_data(128, split_seed=777)
-  cfg = methods.MethodConfig(name="lora", lora_rank=4)
+  cfg = methods.make("lora", rank=4)
   tr = make_trainer(cfg, optim.OptimizerConfig(name="adamw", learning_rate=3e-3))
   st, losses = run(tr, ds, 150)
   v = vocab()
@@ -49,7 +49,7 @@ def test_lora_learns_the_task():
 
 def test_frozen_weights_do_not_change_and_trainables_do():
   ds = sentiment_data(64)
-  cfg = methods.MethodConfig(name="layers", layers=("decoder.blocks.1",))
+  cfg = methods.make("layers", paths=("decoder.layers.1",))
   tr = make_trainer(cfg, optim.OptimizerConfig(name="adamw", learning_rate=1e-2))
   frozen_before = jax.tree.map(np.asarray, tr.frozen)
   st0 = tr.init_state()
@@ -76,12 +76,12 @@ def test_cross_entropy_and_z_loss():
 
 def test_remat_gives_same_gradients():
   ds = sentiment_data(32)
-  b = trainer_lib.complete_batch(ds.train_batch(0, 8), 0)
+  b = ds.train_batch(0, 8)
   grads = []
   for remat in ("none", "full", "dots"):
-    tr = make_trainer(methods.MethodConfig(name="lora"), remat=remat)
+    tr = make_trainer(methods.make("lora"), remat=remat)
     st = tr.init_state()
-    g, _ = jax.grad(tr._loss, has_aux=True)(st.params, tr.frozen, b, None)
+    g, _ = jax.grad(tr.loss, has_aux=True)(st.params, tr.frozen, tr.place(b))
     grads.append(jax.tree.leaves(g))
   for other in grads[1:]:
     for a, c in zip(grads[0], other):
@@ -91,7 +91,7 @@ def test_remat_gives_same_gradients():
 def test_bfloat16_frozen_model_tracks_float32():
   ds = sentiment_data(64)
   b = ds.train_batch(0, 16)
-  cfg = methods.MethodConfig(prompt_length=10)
+  cfg = methods.make("prompt", length=10)
   f32 = make_trainer(cfg)
   bf16 = make_trainer(cfg, dtype="bfloat16", frozen_dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(bf16.frozen))
@@ -106,7 +106,7 @@ def test_bfloat16_frozen_model_tracks_float32():
 
 
 def test_too_long_inputs_and_bad_ids_are_rejected():
-  tr = make_trainer(methods.MethodConfig(prompt_length=10), max_encoder_length=20)
+  tr = make_trainer(methods.make("prompt", length=10), max_encoder_length=20)
   st = tr.init_state()
   with pytest.raises(ValueError, match="exceeds max_encoder_length"):
     tr.train_step(st, {"inputs": np.ones((2, 11), np.int32), "targets": np.ones((2, 2), np.int32)})
@@ -115,7 +115,7 @@ def test_too_long_inputs_and_bad_ids_are_rejected():
 
 
 def test_adafactor_paper_defaults():
-  c = optim.default_for("prompt")
+  c = methods.get("prompt").default_optimizer(methods.make("prompt"))
   assert (c.name, c.learning_rate, c.decay_rate, c.clipping_threshold,
           c.multiply_by_parameter_scale, c.schedule) == ("adafactor", 0.3, 0.8, 1.0, False, "constant")
   # The transformation matches optax's adafactor with those settings.
@@ -126,6 +126,6 @@ def test_adafactor_paper_defaults():
   u1, _ = ours.update(g, ours.init(p), p)
   u2, _ = ref.update(g, ref.init(p), p)
   np.testing.assert_allclose(u1["w"], u2["w"])
-  assert optim.default_for("lora").name == "adamw"
+  assert methods.get("lora").default_optimizer(methods.make("lora")).name == "adamw"
   with pytest.raises(ValueError, match="unknown optimizer"):
     optim.OptimizerConfig(name="lamb")

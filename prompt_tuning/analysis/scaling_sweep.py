@@ -2,7 +2,7 @@
 write a results table, fit the scaling laws, and plot.
 
   python -m prompt_tuning.analysis.scaling_sweep --config configs/tiny.py \\
-      --data_sizes 100,300,1000 --knob method.prompt_length --values 5,20,80 --out runs/scaling
+      --data_sizes 100,300,1000 --knob method.prompt.length --values 5,20,80 --out runs/scaling
 
 X in the fits is the number of trainable parameters of each run.
 """
@@ -75,7 +75,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--config", required=True)
   p.add_argument("--data_sizes", required=True)
-  p.add_argument("--knob", default="method.prompt_length")
+  p.add_argument("--knob", default="method.prompt.length")
   p.add_argument("--values", required=True)
   p.add_argument("--out", required=True)
   a = p.parse_args(argv)

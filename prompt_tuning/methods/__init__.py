@@ -47,6 +47,11 @@ def defaults() -> dict[str, dict]:
           for name, m in sorted(REGISTRY.items())}
 
 
+def describe(cfg: MethodConfig) -> dict:
+  """JSON-able record of a method config: its name and every option (checkpoint metadata)."""
+  return {"name": cfg.name, **dataclasses.asdict(cfg)}
+
+
 def attach(model, cfg: MethodConfig, tokenize: Tokenize | None = None):
   """Attaches the method's variables to ``model`` (in place) and returns it."""
   get(cfg.name).attach(model, cfg, tokenize)
@@ -66,5 +71,5 @@ def split(model, cfg: MethodConfig, frozen_dtype=None):
   return graphdef, trainable, frozen
 
 
-__all__ = ["REGISTRY", "Method", "MethodConfig", "attach", "count_params", "defaults", "get",
+__all__ = ["REGISTRY", "Method", "MethodConfig", "attach", "count_params", "defaults", "describe", "get",
            "make", "register", "split"]

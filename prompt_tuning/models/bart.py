@@ -30,8 +30,12 @@ def config(d_model, layers, heads, d_ff, *, vocab_size=50265, max_positions=1024
 PRESETS = {
     "bart-base": config(768, 6, 12, 3072),
     "bart-large": config(1024, 12, 16, 4096),
+    # Random-init test model. Fan-in initialisation (T5's) instead of BART's std 0.02: with
+    # 0.02 a tiny random model's outputs barely depend on its input, and a method tuned on
+    # top of it (prompt, LoRA) has nothing to steer.
     "tiny-bart": config(64, 2, 4, 128, vocab_size=256, max_positions=256, pad_token_id=0,
-                        eos_token_id=1, decoder_start_token_id=0),
+                        eos_token_id=1, decoder_start_token_id=0, init_std=None,
+                        embed_init_std=1.0),
 }
 
 

@@ -254,12 +254,12 @@ def llama_weights(cfg: ModelConfig) -> hf.WeightMap:
                       prefix="model.")
 
 
+# The tiny presets are random-init test models with fan-in initialisation (see bart.py).
+TINY = dict(vocab_size=256, pad_token_id=0, eos_token_id=1, init_std=None, embed_init_std=1.0)
 PRESETS = {
     "gpt2": gpt2_config(768, 12, 12),
-    "tiny-gpt2": gpt2_config(64, 2, 4, vocab_size=256, max_positions=512, d_ff=256,
-                             pad_token_id=0, eos_token_id=1),
-    "tiny-llama": llama_config(64, 2, 4, 128, kv_heads=2, vocab_size=256, eos_token_id=1,
-                               bos_token_id=None),
+    "tiny-gpt2": gpt2_config(64, 2, 4, max_positions=512, d_ff=256, **TINY),
+    "tiny-llama": llama_config(64, 2, 4, 128, kv_heads=2, bos_token_id=None, **TINY),
 }
 
 GPT2 = hf.Family("gpt2", ("gpt2",), gpt2_from_hf, gpt2_to_hf, gpt2_weights,

@@ -12,13 +12,12 @@ import sys
 from typing import Any
 
 import jax.numpy as jnp
-from flax import nnx
 
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import optim, sharding
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data import synthetic, vocab as vocab_lib
-from prompt_tuning.models import convert, t5
+from prompt_tuning import models
 from prompt_tuning.trainer import Trainer
 
 
@@ -38,25 +37,15 @@ class Experiment:
 
 
 # ------------------------------------------------------------------------------ configs
-def _dataclass_from(cls, section, **extra):
-  d = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-  d.update(extra)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(d) - names
-  if unknown:
-    raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
-  for k, v in d.items():
-    if isinstance(v, list):
-      d[k] = tuple(v)
-  return cls(**d)
-
-
 def method_config(config) -> methods_lib.MethodConfig:
-  return _dataclass_from(methods_lib.MethodConfig, config.method, seed=config.seed)
+  name = config.method.name
+  methods_lib.get(name)  # unknown method: one clear error before reading its section
+  section = config.method[name].to_dict() if name in config.method else {}
+  return methods_lib.make(name, seed=config.seed, **section)
 
 
-def optimizer_config(config, method_name: str) -> optim.OptimizerConfig:
-  base = optim.default_for(method_name)
+def optimizer_config(config, method: methods_lib.MethodConfig) -> optim.OptimizerConfig:
+  base = methods_lib.get(method.name).default_optimizer(method)
   o = config.optimizer
   over = {k: v for k, v in o.to_dict().items() if k not in ("name", "learning_rate")}
   if o.name:
@@ -82,31 +71,17 @@ def model_reference(config) -> dict:
 
 # ------------------------------------------------------------------------------ model
 def build_model(config, vocab):
+  """The frozen model: a HF checkpoint directory, or a randomly initialised preset."""
   m = config.model
-  over = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl,
-              dropout_rate=m.dropout_rate)
-  from prompt_tuning.models import bart as bart_lib, decoder as decoder_lib
+  compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+                 attention_impl=m.attention_impl, dropout_rate=m.dropout_rate)
   if m.hf_checkpoint:
-    if convert.read_hf_config(m.hf_checkpoint).get("model_type") in ("t5", "mt5"):
-      model = convert.load_t5(m.hf_checkpoint, **over)
-    else:
-      over.pop("attention_impl")
-      model = convert.load(m.hf_checkpoint, **over)
+    model = models.load(m.hf_checkpoint, **compute)
   else:
-    families = [(bart_lib.PRESETS, bart_lib.get_config, bart_lib.Bart, False),
-                (decoder_lib.PRESETS, decoder_lib.get_config, decoder_lib.DecoderLM, False),
-                (t5.PRESETS, t5.get_config, t5.T5, True)]
-    match = [f for f in families if m.preset in f[0]]
-    if not match:
-      known = sorted(p for f in families for p in f[0])
-      raise ValueError(f"unknown model preset {m.preset!r}; known: {known}")
-    _, get_cfg, cls, has_attention_impl = match[0]
-    if not has_attention_impl:
-      over.pop("attention_impl")
-    cfg = get_cfg(m.preset, **over)
+    cfg = models.preset(m.preset, **compute)
     if vocab.vocab_size > cfg.vocab_size:
       cfg = cfg.replace(vocab_size=vocab.vocab_size)
-    model = cls(cfg, rngs=nnx.Rngs(config.seed))
+    model = models.build(cfg, seed=config.seed)
   if vocab.vocab_size > model.cfg.vocab_size:
     raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
                      f"{model.cfg.vocab_size}")
@@ -168,19 +143,20 @@ def build(config, with_data: bool = True) -> Experiment:
                                         config.mesh.process_id)
   vocab = load_vocab(config)
   mcfg = method_config(config)
-  ocfg = optimizer_config(config, mcfg.name)
+  ocfg = optimizer_config(config, mcfg)
   model = build_model(config, vocab)
-  methods_lib.apply(model, mcfg, tokenize=vocab.encode)
+  methods_lib.attach(model, mcfg, tokenize=vocab.encode)
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
   trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
                     z_loss=config.train.z_loss, dropout_seed=config.seed,
                     max_encoder_length=config.train.max_encoder_length)
   d = config.data
-  prompt_len = mcfg.prompt_length if mcfg.name == "prompt" else 0
-  if prompt_len + d.max_input_length > config.train.max_encoder_length:
-    raise ValueError(f"prompt_length ({prompt_len}) + max_input_length ({d.max_input_length}) "
-                     f"exceeds train.max_encoder_length ({config.train.max_encoder_length})")
+  extra = trainer.extra_length
+  if extra + d.max_input_length > config.train.max_encoder_length:
+    raise ValueError(f"the method's {extra} prompt positions + max_input_length "
+                     f"({d.max_input_length}) exceed train.max_encoder_length "
+                     f"({config.train.max_encoder_length})")
   exp = Experiment(config=config, vocab=vocab, model=model, method=mcfg, optimizer=ocfg,
                    trainer=trainer, mesh=mesh)
 

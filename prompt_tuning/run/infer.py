@@ -38,10 +38,10 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
     if meta.get("model") != ref:
       raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
                        f"not {ref}")
-    length = meta["method"]["prompt_length"]
-    if length != trainer.prompt_length:
-      raise ValueError(f"{run_dir} has prompt_length {length}; this config has "
-                       f"{trainer.prompt_length} (all prompts in a batch must have one length)")
+    length = meta["method"]["length"]
+    if length != exp.method.length:
+      raise ValueError(f"{run_dir} has prompt length {length}; this config has "
+                       f"{exp.method.length} (all prompts in a batch must have one length)")
     state, _ = ckpt.restore(trainer.init_state(), step)
     (prompt,) = jax.tree.leaves(state.params)
     index[task] = len(table)

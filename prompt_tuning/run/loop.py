@@ -2,7 +2,6 @@
 progress), stop on a non-finite loss before it is saved, evaluate, keep the best checkpoint."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import jax
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
+from prompt_tuning import methods
 from prompt_tuning.run.build import build, model_reference
 from prompt_tuning.run.evaluate import evaluate_all
 
@@ -31,7 +31,7 @@ def train(config) -> dict:
   vocab, trainer, train_ds, eval_sets = exp.vocab, exp.trainer, exp.train_ds, exp.eval_sets
   os.makedirs(config.output_dir, exist_ok=True)
   log_path = os.path.join(config.output_dir, "metrics.jsonl")
-  meta = json.loads(json.dumps({"method": dataclasses.asdict(trainer.method),
+  meta = json.loads(json.dumps({"method": methods.describe(trainer.method),
                                 "model": model_reference(config),
                                 "config": json.loads(config.to_json())}))
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),

@@ -13,7 +13,7 @@ from prompt_tuning.run.loop import append_jsonl, train
 
 
 def apply_overrides(config, overrides: dict):
-  """Returns a copy of ``config`` with dotted-key overrides ("method.prompt_length": 50)."""
+  """Returns a copy of ``config`` with dotted-key overrides ("method.prompt.length": 50)."""
   c = copy.deepcopy(config)
   c.unlock()
   for key, value in overrides.items():

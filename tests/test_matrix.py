@@ -1,0 +1,47 @@
+"""Every tuning method on every family (tiny T5, BART, GPT-2, Llama): the loss falls, the tuned
+variables change and nothing else, decoding works, and checkpoints round-trip exactly."""
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import checkpoint, methods, optim
+from tests.helpers import make_trainer, sentiment_data
+
+FAMILIES = ["tiny", "tiny-bart", "tiny-gpt2", "tiny-llama"]
+METHODS = {
+    "prompt": (dict(length=8), None),
+    "lora": ({}, optim.OptimizerConfig(name="adamw", learning_rate=3e-3)),
+    "full": ({}, optim.OptimizerConfig(name="adamw", learning_rate=1e-3)),
+    "layers": (dict(last_k=1), optim.OptimizerConfig(name="adamw", learning_rate=3e-3)),
+}
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_on_family(preset, name, tmp_path):
+  kw, opt = METHODS[name]
+  tr = make_trainer(methods.make(name, **kw), opt, preset=preset)
+  ds = sentiment_data(256)
+  st = tr.init_state()
+  p0 = jax.tree.map(np.array, st.params)
+  frozen0 = jax.tree.map(np.array, tr.frozen)
+  losses = []
+  for i in range(12):
+    st, aux = tr.train_step(st, ds.train_batch(i, 16))
+    losses.append(float(aux["loss"]))
+  assert tr.trace_counts["train"] == 1
+  # Prompts on a random frozen model move the loss least; every method must move it.
+  # Measured ratios last/first: prompt 0.45-0.73, LoRA 0.08-0.46, full and layers <= 0.11.
+  assert np.mean(losses[-3:]) < (0.8 if name == "prompt" else 0.5) * np.mean(losses[:2]), losses
+  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p0),
+                                                      jax.tree.leaves(st.params)))
+  for a, b in zip(jax.tree.leaves(frozen0), jax.tree.leaves(tr.frozen)):
+    np.testing.assert_array_equal(a, b)
+  pred = tr.decode(st.params, {"inputs": ds.arrays["inputs"][:4]}, 5)
+  assert pred.shape == (4, 5) and pred.dtype == np.int32
+  ck = checkpoint.Checkpointer(str(tmp_path / "ck"))
+  ck.save(st, {"method": name})
+  restored, _ = ck.restore(tr.init_state())
+  for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ck.close()
