@@ -266,7 +266,9 @@ def _mlsum_dir(tmp_path, sizes):
 
 @pytest.mark.parametrize("pack,model_type", [(False, "encoder_decoder"),
                                              (True, "encoder_decoder"),
-                                             (True, "decoder_only")])
+                                             (True, "decoder_only"),
+                                             ("first_fit", "encoder_decoder"),
+                                             ("first_fit", "decoder_only")])
 def test_seqio_exact_resume(sq, pack, model_type):
   tasks, SP, tfds = sq
   with tfds.testing.mock_data(num_examples=30):
@@ -300,7 +302,8 @@ def _line_task(tmp_path, num_files, lines_per_file):
   words = sorted(set(NEUTRAL))  # known to the tiny vocabulary (digits are not)
   for f in range(num_files):
     with open(tmp_path / f"part{f}.txt", "w") as fh:
-      fh.write("".join(f"{POSITIVE[f]} {words[i]}\n" for i in range(lines_per_file)))
+      fh.write("".join(f"{POSITIVE[f]} {words[i % len(words)]} {words[i // len(words)]} "
+                       f"{' '.join(words[:i % 4])}\n" for i in range(lines_per_file)))
   spec = R.TaskSpec("test_lines", lambda x: {"inputs": x, "targets": tf.strings.substr(x, 0, 4)},
                     metrics.accuracy)
   R._register_task("test_lines", spec, seqio.TextLineDataSource(
@@ -320,6 +323,27 @@ def test_seqio_hosts_read_disjoint_shards(sq, tmp_path, num_files):
   key = lambda a: sorted(map(bytes, a))
   assert key(np.concatenate(parts)) == key(whole)
   assert not set(map(bytes, parts[0])) & set(map(bytes, parts[1]))
+
+
+def test_seqio_first_fit_packing_keeps_every_streamed_example_whole(sq, tmp_path):
+  tasks, SP, tfds = sq
+  name = _line_task(tmp_path, 1, 40)
+  kw = dict(feature_lengths={"inputs": 16, "targets": 4}, shuffle=False)
+  stream = [b["inputs"][0] for b in take(SP.SeqioIterator(name, 1, **kw), 120)]
+  stream = [r[r > 0] for r in stream]
+  it = SP.SeqioIterator(name, 4, pack="first_fit", **kw)
+  got = []
+  for b in take(it, 6):
+    for r in range(4):
+      seg = b["input_segment_ids"][r]
+      for k in range(1, seg.max() + 1):
+        np.testing.assert_array_equal(b["input_positions"][r][seg == k], np.arange((seg == k).sum()))
+        got.append(b["inputs"][r][seg == k])
+    assert P.real_token_fraction(b) > 0.5
+  # The packed examples are exactly the stream's first `next` examples, less the deferred ones.
+  expect = [stream[p] for p in range(it.packer.next) if p not in it.packer.pending]
+  assert sorted(map(bytes, got)) == sorted(map(bytes, expect))
+  assert len(it._buf) < 2 * SP.SeqioIterator._CHUNK  # a bounded window, not the stream
 
 
 def test_seqio_mixture_rates(sq, tmp_path):
@@ -450,3 +474,21 @@ def test_write_cache_and_read_it(sq, tmp_path):
   assert sorted(i for b, _ in cached for i in b["index"][b["valid"]]) == list(range(12))
   seqio.utils.set_global_cache_dirs([])
   task._cache_dir = None
+
+
+def test_inputs_factory_seqio_subset_in_memory_and_full_set_streamed(sq):
+  tasks, SP, tfds = sq
+  from prompt_tuning.data import inputs, vocab as vocab_lib
+  v = vocab_lib.default_vocab()
+  kw = dict(vocab=v, feature_lengths={"inputs": 96, "targets": 8}, global_batch_size=8)
+  with tfds.testing.mock_data(num_examples=20):
+    mem = inputs.train_iterator("super_glue_rte:1+super_glue_cb:1", num_examples=12,
+                                truncate=True, **kw)
+    assert isinstance(mem, P.InMemoryIterator)
+    assert [len(s) for s in mem.sources] == [6, 6] and mem.rates == [1.0, 1.0]
+    streamed = inputs.train_iterator("super_glue_rte", **kw)
+    assert isinstance(streamed, SP.SeqioIterator)
+    assert next(streamed)["inputs"].shape == (8, 96)
+    ev = inputs.eval_batches("super_glue_rte", num_examples=10, pad_to_multiple=4, **kw)
+    assert isinstance(ev, SP.SeqioEvalBatches) and len(ev) == 2
+    assert sum(int(b["valid"].sum()) for b, _ in ev) == 10

@@ -22,6 +22,7 @@ tokenization.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -30,8 +31,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from prompt_tuning.data.pipeline import (DECODER_ONLY, ENCODER_DECODER, check_same, decode_state,
-                                         encode_state, host_rows, round_up)
+from prompt_tuning.data.pipeline import (DECODER_ONLY, ENCODER_DECODER, Packer, check_same,
+                                         decode_state, encode_state, host_rows, pack_rows,
+                                         round_up)
 
 _TF = None
 
@@ -138,7 +140,11 @@ class SeqioIterator:
     global_batch_size: rows of the global batch; this host yields ``global_batch_size / P``.
     feature_lengths: {"inputs": S, "targets": T} (task feature lengths; longer sequences are
       trimmed by the task, EOS kept).
-    pack: seqio packing (EncDecFeatureConverter / DecoderFeatureConverter with pack=True).
+    pack: False; True or "seqio": seqio's packing (EncDecFeatureConverter /
+      DecoderFeatureConverter with pack=True: consecutive examples, next-fit, in windows of
+      max(S, T) examples); "first_fit": the examples streamed from seqio are packed first-fit
+      into the rows of each batch by :class:`pipeline.Packer` (denser: see
+      benchmarks/RESULTS_input_pipeline.md; its few carried-over examples are in the state).
     model_type: "encoder_decoder", or "decoder_only" (packed: tokens/segment_ids/positions/
       loss_weights of length S + T; unpacked: the encoder-decoder keys).
     num_processes, process_index: ``seqio.ShardInfo(index=process_index, num_shards=...)``.
@@ -148,7 +154,7 @@ class SeqioIterator:
   """
 
   def __init__(self, name: str, global_batch_size: int, *, feature_lengths: dict,
-               split: str = "train", seed: int = 0, pack: bool = False,
+               split: str = "train", seed: int = 0, pack: bool | str = False,
                model_type: str = ENCODER_DECODER, num_processes: int = 1,
                process_index: int = 0, shuffle: bool = True,
                shuffle_buffer_size: int | None = None, use_cached: bool | None = None,
@@ -159,6 +165,10 @@ class SeqioIterator:
     if model_type not in (ENCODER_DECODER, DECODER_ONLY):
       raise ValueError(f"model_type must be {ENCODER_DECODER!r} or {DECODER_ONLY!r}, got "
                        f"{model_type!r}")
+    if pack not in (False, True, "seqio", "first_fit"):
+      raise ValueError(f"pack must be False, True / 'seqio' or 'first_fit', got {pack!r}")
+    if pack == "first_fit" and num_epochs is not None:
+      raise ValueError("pack='first_fit' needs an endless stream (num_epochs=None)")
     if vocab_path:
       tasks.set_vocabulary(vocab_path)
     start, stop = host_rows(global_batch_size, num_processes, process_index)
@@ -177,13 +187,32 @@ class SeqioIterator:
     # Only the token features travel on: the untokenized text would fill the buffers.
     ds = ds.map(lambda x: {"inputs": x["inputs"], "targets": x["targets"]},
                 num_parallel_calls=tf.data.AUTOTUNE)
-    if model_type == DECODER_ONLY and pack:
-      conv = seqio.DecoderFeatureConverter(pack=True)
+    self.model_type, self.rows = model_type, stop - start
+    self.lengths = dict(lengths, tokens=lengths["inputs"] + lengths["targets"])
+    self.packer = None
+    if pack == "first_fit":
+      # Chunks of trimmed examples with their lengths; packed in Python, per host.
+      ds = ds.map(lambda x: dict(x, n_inputs=tf.size(x["inputs"]),
+                                 n_targets=tf.size(x["targets"])))
+      ds = ds.padded_batch(self._CHUNK, padded_shapes={
+          "inputs": [lengths["inputs"]], "targets": [lengths["targets"]], "n_inputs": [],
+          "n_targets": []})
+      if model_type == ENCODER_DECODER:
+        cap, mins = (lengths["inputs"], lengths["targets"]), (1, 1)
+      else:
+        cap, mins = (self.lengths["tokens"],), (2,)
+      self.packer = Packer(self._sizes, cap, self.rows, mins)
+      self._buf: dict = {}
+      self._fetched = 0
     else:
-      conv = seqio.EncDecFeatureConverter(pack=pack)
-    ds = conv(ds, lengths)
-    ds = ds.batch(stop - start, drop_remainder=True)
-    ds = ds.map(_model_batch(model_type, pack), num_parallel_calls=tf.data.AUTOTUNE)
+      pack = bool(pack)
+      if model_type == DECODER_ONLY and pack:
+        conv = seqio.DecoderFeatureConverter(pack=True)
+      else:
+        conv = seqio.EncDecFeatureConverter(pack=pack)
+      ds = conv(ds, lengths)
+      ds = ds.batch(self.rows, drop_remainder=True)
+      ds = ds.map(_model_batch(model_type, pack), num_parallel_calls=tf.data.AUTOTUNE)
     self.dataset = ds.prefetch(prefetch).with_options(_options(tf))
     self._it = iter(self.dataset)
     self.steps = 0
@@ -195,25 +224,78 @@ class SeqioIterator:
                   "shuffle_buffer_size": shuffle_buffer_size, "use_cached": self.use_cached,
                   "instructions": instructions}
 
+  _CHUNK = 256  # examples fetched from tf.data at a time for pack="first_fit"
+
   def __iter__(self):
     return self
 
+  # -- pack="first_fit": a window of streamed examples, addressed by stream position
+  def _fetch(self):
+    c = {k: v.numpy() for k, v in next(self._it).items()}
+    for j in range(len(c["n_inputs"])):
+      self._buf[self._fetched] = (c["inputs"][j, :c["n_inputs"][j]].copy(),
+                                  c["targets"][j, :c["n_targets"][j]].copy())
+      self._fetched += 1
+
+  def _sizes(self, pos: np.ndarray) -> np.ndarray:
+    while len(pos) and self._fetched <= int(pos.max()):
+      self._fetch()
+    ex = [self._buf[int(p)] for p in pos]
+    if self.model_type == ENCODER_DECODER:
+      return np.asarray([(len(i), len(t)) for i, t in ex], np.int64).reshape(-1, 2)
+    return np.asarray([len(i) + len(t) for i, t in ex], np.int64).reshape(-1, 1)
+
   def __next__(self) -> dict:
-    b = next(self._it)
+    if self.packer is None:
+      b = next(self._it)
+      self.steps += 1
+      return {k: v.numpy() for k, v in b.items()}
+    rows = self.packer.pack()
+    batch = pack_rows([[self._buf[p] for p in r] for r in rows], self.model_type, self.lengths)
+    keep = set(self.packer.pending)
+    for p in [p for p in self._buf if p < self.packer.next and p not in keep]:
+      del self._buf[p]
     self.steps += 1
-    return {k: v.numpy() for k, v in b.items()}
+    return batch
 
   def get_state(self) -> bytes:
-    return encode_state({"kind": "seqio", "steps": self.steps, "options": self._opts},
-                        iterator_state(self._it))
+    header = {"kind": "seqio", "steps": self.steps, "options": self._opts}
+    tf_state = iterator_state(self._it)
+    if self.packer is None:
+      return encode_state(header, tf_state)
+    header.update(packer=self.packer.state(), fetched=self._fetched)
+    pos = sorted(self._buf)
+    buf = io.BytesIO()
+    np.savez(buf, tf_state=np.frombuffer(tf_state, np.uint8), pos=np.asarray(pos, np.int64),
+             **{f"{k}_{part}": arr for k, j in (("inputs", 0), ("targets", 1))
+                for part, arr in zip(("flat", "len"), _flatten([self._buf[p][j] for p in pos]))})
+    return encode_state(header, buf.getvalue())
 
   def set_state(self, state: bytes):
     header, payload = decode_state(state)
     if header.get("kind") != "seqio":
       raise ValueError(f"state of a {header.get('kind')!r} iterator, not a seqio one")
     check_same("seqio", header["options"], self._opts)
-    restore_iterator_state(self._it, payload)
+    if self.packer is None:
+      restore_iterator_state(self._it, payload)
+    else:
+      z = np.load(io.BytesIO(payload))
+      restore_iterator_state(self._it, z["tf_state"].tobytes())
+      ins = _split(z["inputs_flat"], z["inputs_len"])
+      tgts = _split(z["targets_flat"], z["targets_len"])
+      self._buf = {int(p): (i, t) for p, i, t in zip(z["pos"], ins, tgts)}
+      self._fetched = int(header["fetched"])
+      self.packer.restore(header["packer"])
     self.steps = int(header["steps"])
+
+
+def _flatten(seqs):
+  lens = np.asarray([len(s) for s in seqs], np.int64)
+  return (np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)), lens
+
+
+def _split(flat, lens):
+  return np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -17,7 +17,8 @@ tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerator
 
 from prompt_tuning.tasks import metrics  # noqa: E402,F401
 from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPECS,  # noqa: E402
-                                          TRAIN_SIZES, adhoc_mixture, instruction_mixture,
+                                          TRAIN_SIZES, TaskSpec, adhoc_mixture, add_task,
+                                          instruction_mixture,
                                           instruction_task, register_all, register_mlsum,
                                           set_vocabulary, summarize_prefix, vocabulary_path)
 

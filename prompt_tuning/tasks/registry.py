@@ -257,6 +257,15 @@ def _register_task(name: str, spec: TaskSpec, source, instruction: str | None = 
 def _add(spec: TaskSpec, source: seqio.DataSource):
   SPECS[spec.name] = spec
   _register_task(spec.name, spec, source)
+  _INSTRUCTION_TASKS.pop(spec.name, None)
+
+
+def add_task(spec: TaskSpec, source, instruction: str = ""):
+  """Registers a task on any seqio DataSource (e.g. your own TFRecord / text files) with the
+  same preprocessors, vocabulary and metric handling as the built-in tasks."""
+  if instruction:
+    INSTRUCTIONS[spec.name] = instruction
+  _add(spec, source)
 
 
 _INSTRUCTION_TASKS: dict[str, str] = {}
@@ -402,7 +411,6 @@ def register_mlsum(data_dir: str | None = None):
   for lang in ("de", "es", "fr"):
     spec = TaskSpec(f"mlsum_{lang}", fmt_mlsum(lang), M.rouge_l(False))
     _add(spec, MLSumSource(data_dir, lang))
-    _INSTRUCTION_TASKS.pop(spec.name, None)
   _mixture("mlsum", ["mlsum_de", "mlsum_es", "mlsum_fr", "cnn_dailymail_en"])
 
 
