@@ -314,7 +314,8 @@ def write_markdown(rows, path, a):
                       f"{hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f} |")
   if ratios:
     lines += ["", "Largest / smallest dataset (target: within 1.5x):", "",
-              "| data | packing | sizes | time to first batch | peak RSS |", "|---|---|---|---|---|"]
+              "| data | packing | sizes | time to first batch | peak RSS |",
+              "|---|---|---|---|---|"]
     lines += ratios
   mem = [r for r in rows if r["case"] == "in_memory_wmt"]
   if mem:
@@ -335,7 +336,26 @@ def write_markdown(rows, path, a):
     for r in before:
       lines.append(f"| {r['case'][7:]} {r['lengths']} | {r['examples']:,} | {r['ttfb_s']} | "
                    f"{r['peak_rss_mb']} |")
-  lines += ["", "Raw JSON lines:", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
+  lines += ["", "## Notes", "",
+            "* Time to first batch and peak RSS do not grow with the dataset: nothing is read "
+            "into Python lists; the time is building the tf.data graph (seqio preprocessors, "
+            "feature-converter tracing) and filling the 1000-example shuffle buffer. Peak RSS is "
+            "mostly the TensorFlow + seqio + TFDS import (`rss_after_import_mb` ~830 MB); the "
+            "pipeline adds 50-110 MB. The former path grows linearly (10x the examples: ~9x the "
+            "time, +0.4-0.6 GB; the 1M rows would take ~11 min and several GB).",
+            "* The state is tf.data's iterator checkpoint: the shuffle buffer (with the "
+            "untokenized text seqio keeps for metrics) dominates it, so its size and the restore "
+            "time depend on the buffer, not on the dataset or the step.",
+            "* Real-token fraction, WMT-shaped: unpacked 0.14-0.19. Packed in memory (the pure "
+            "length distribution): 0.95 encoder-decoder, 0.99 decoder-only. Streamed, the task's "
+            "prefix `translate English to German: ` is ~28 tokens with the tiny vocabulary (it "
+            "has no capitals), so inputs are ~2x the targets and a 256/256 encoder-decoder row "
+            "cannot fill its target side: first-fit fills the inputs to 0.96 (overall 0.80, the "
+            "bound), seqio's next-fit windows reach 0.72. With lengths matched to the data "
+            "(256/160) first-fit gives 0.905, and decoder-only packing 0.974 (seqio: 0.88).",
+            "* `examples per CPU-s` divides by the CPU time of all the process's threads: the "
+            "rate one core sustains (tokenization dominates: MLSum documents are ~600 tokens).",
+            "", "Raw JSON lines:", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
 
@@ -356,11 +376,16 @@ def main(argv=None):
   p.add_argument("--out", default="", help="also write the JSON lines here")
   p.add_argument("--markdown", default=os.path.join(ROOT, "benchmarks",
                                                     "RESULTS_input_pipeline.md"))
+  p.add_argument("--from_jsonl", default="", help="only rewrite the markdown from these rows")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # worker: a case as JSON
   a = p.parse_args(argv)
   if a.case:
     c = json.loads(a.case)
     print(json.dumps(CASES[c["what"]](c, a)), flush=True)
+    return 0
+  if a.from_jsonl:
+    with open(a.from_jsonl) as f:
+      write_markdown([json.loads(l) for l in f if l.strip()], a.markdown, a)
     return 0
   sizes = [int(s) for s in a.sizes.split(",")]
   kinds = a.kinds.split(",")

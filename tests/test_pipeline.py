@@ -337,7 +337,8 @@ def test_seqio_first_fit_packing_keeps_every_streamed_example_whole(sq, tmp_path
     for r in range(4):
       seg = b["input_segment_ids"][r]
       for k in range(1, seg.max() + 1):
-        np.testing.assert_array_equal(b["input_positions"][r][seg == k], np.arange((seg == k).sum()))
+        np.testing.assert_array_equal(b["input_positions"][r][seg == k],
+                                      np.arange((seg == k).sum()))
         got.append(b["inputs"][r][seg == k])
     assert P.real_token_fraction(b) > 0.5
   # The packed examples are exactly the stream's first `next` examples, less the deferred ones.
@@ -492,3 +493,19 @@ def test_inputs_factory_seqio_subset_in_memory_and_full_set_streamed(sq):
     ev = inputs.eval_batches("super_glue_rte", num_examples=10, pad_to_multiple=4, **kw)
     assert isinstance(ev, SP.SeqioEvalBatches) and len(ev) == 2
     assert sum(int(b["valid"].sum()) for b, _ in ev) == 10
+
+
+def test_streamed_tasks_tokenize_with_the_runs_vocabulary(sq, tmp_path):
+  tasks, SP, tfds = sq
+  from prompt_tuning.data import vocab as vocab_lib
+  other = vocab_lib.default_vocab(vocab_size=150, cache_dir=str(tmp_path))
+  before = tasks.vocabulary_path()
+  lengths = {"inputs": 96, "targets": 8}
+  try:
+    with tfds.testing.mock_data(num_examples=4):
+      (b, raw), = list(SP.SeqioEvalBatches("super_glue_rte", 4, feature_lengths=lengths,
+                                           vocab_path=other.path))
+    assert tasks.vocabulary_path() == other.path
+    assert b["inputs"][0][b["inputs"][0] > 0].tolist() == other.encode(raw[0]["inputs"]) + [1]
+  finally:
+    tasks.set_vocabulary(before)

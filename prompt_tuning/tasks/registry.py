@@ -229,6 +229,8 @@ def set_vocabulary(path: str):
   _VOCAB_PATH = path
   _INSTRUCTION_TASKS.clear()
   register_all(mlsum_dir=_MLSUM_DIR)
+  for spec, source in _CUSTOM.values():
+    _add(spec, source)
 
 
 def output_features():
@@ -260,11 +262,15 @@ def _add(spec: TaskSpec, source: seqio.DataSource):
   _INSTRUCTION_TASKS.pop(spec.name, None)
 
 
+_CUSTOM: dict[str, tuple] = {}
+
+
 def add_task(spec: TaskSpec, source, instruction: str = ""):
   """Registers a task on any seqio DataSource (e.g. your own TFRecord / text files) with the
   same preprocessors, vocabulary and metric handling as the built-in tasks."""
   if instruction:
     INSTRUCTIONS[spec.name] = instruction
+  _CUSTOM[spec.name] = (spec, source)
   _add(spec, source)
 
 
