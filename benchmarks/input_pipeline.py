@@ -213,7 +213,7 @@ def case_in_memory(c, a) -> dict:
   li = np.clip(np.round(rng.lognormal(np.log(30), 0.6, n)), 2, 256).astype(np.int32)
   lt = np.clip(np.round(li * rng.lognormal(0, 0.25, n)), 2, 256).astype(np.int32)
   ex = P.TokenizedExamples.__new__(P.TokenizedExamples)  # built from lengths, without a list
-  ex.name, ex.raw = "wmt_like", None
+  ex.name, ex.raw, ex.pad_id = "wmt_like", None, 0
   for lengths, attr in ((li, "_inp"), (lt, "_tgt")):
     off = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=off[1:])

@@ -81,6 +81,25 @@ def test_unpacked_single_task_batches_equal_the_former_array_dataset():
     assert_batches_equal([next(it)], [old.train_batch(step, 8)])
 
 
+def test_tokenize_examples_matches_encode_examples_with_a_nonzero_pad_id():
+  from prompt_tuning.data import arrays
+
+  class Vocab:  # GPT-2 style: padding is a real id, so only the masks tell what is real
+    pad_id, eos_id = 7, 1
+
+    def encode(self, text):
+      return [3 + ord(c) % 40 for c in text]
+
+  ex = [{"inputs": "abc" * k, "targets": "xy"[:k % 2 + 1]} for k in range(1, 9)]
+  old = arrays.ArrayDataset(arrays.encode_examples(ex, Vocab(), 30, 4), seed=1)
+  it = P.InMemoryIterator(P.tokenize_examples(ex, Vocab(), 30, 4), 4, seed=1,
+                          feature_lengths={"inputs": 30, "targets": 4})
+  for step in range(5):
+    assert_batches_equal([next(it)], [old.train_batch(step, 4)])
+  with pytest.raises(ValueError, match="longer than max_input_length"):
+    P.tokenize_examples(ex, Vocab(), 10, 4)
+
+
 @pytest.mark.parametrize("pack,model_type", [(False, "encoder_decoder"),
                                              (True, "encoder_decoder"),
                                              (True, "decoder_only")])

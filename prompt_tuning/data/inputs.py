@@ -119,7 +119,7 @@ def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: 
     raw = [dict(r, task=s.name) for s in sources for r in s.raw]
     merged = pipeline.TokenizedExamples(
         [s.inputs(i) for s in sources for i in range(len(s))],
-        [s.targets(i) for s in sources for i in range(len(s))], raw, task)
+        [s.targets(i) for s in sources for i in range(len(s))], raw, task, sources[0].pad_id)
   else:
     merged = sources[0]
   return pipeline.EvalBatches(merged, global_batch_size, **kw)

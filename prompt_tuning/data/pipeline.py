@@ -77,13 +77,13 @@ class TokenizedExamples:
   raw (untokenized) examples the metrics need. Each sequence already ends with EOS."""
 
   def __init__(self, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-               raw: Sequence[dict] | None = None, name: str = ""):
+               raw: Sequence[dict] | None = None, name: str = "", pad_id: int = 0):
     if len(inputs) != len(targets):
       raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     if not len(inputs):
       raise ValueError(f"task {name or '?'}: no examples")
-    self.name = name
-    self.raw = list(raw) if raw is not None else None
+    self.name, self.pad_id = name, pad_id  # pad_id: the padding of unpacked rows (masks say
+    self.raw = list(raw) if raw is not None else None  # what is real; packed rows pad with 0)
     self.input_lengths, self._inp, self._inp_off = _ragged(inputs)
     self.target_lengths, self._tgt, self._tgt_off = _ragged(targets)
 
@@ -98,8 +98,10 @@ class TokenizedExamples:
 
   def padded(self, idx: np.ndarray, input_length: int, target_length: int) -> dict:
     """Unpacked rows for examples ``idx``: inputs, input_mask, targets, target_weights."""
-    inp, m = _gather_padded(self._inp, self._inp_off, self.input_lengths, idx, input_length)
-    tgt, w = _gather_padded(self._tgt, self._tgt_off, self.target_lengths, idx, target_length)
+    inp, m = _gather_padded(self._inp, self._inp_off, self.input_lengths, idx, input_length,
+                            self.pad_id)
+    tgt, w = _gather_padded(self._tgt, self._tgt_off, self.target_lengths, idx, target_length,
+                            self.pad_id)
     return {"inputs": inp, "input_mask": m.astype(np.int32), "targets": tgt,
             "target_weights": w.astype(np.float32)}
 
@@ -118,12 +120,12 @@ def _ragged(seqs):
   return lengths.astype(np.int32), flat, offsets
 
 
-def _gather_padded(flat, offsets, lengths, idx, width):
+def _gather_padded(flat, offsets, lengths, idx, width, pad_id=0):
   idx = np.asarray(idx, np.int64)
   cols = np.arange(width)
   mask = cols[None] < lengths[idx][:, None]
   pos = np.where(mask, offsets[idx][:, None] + cols[None], 0)
-  out = np.where(mask, flat[pos] if flat.size else 0, 0).astype(np.int32)
+  out = np.where(mask, flat[pos] if flat.size else 0, pad_id).astype(np.int32)
   return out, mask
 
 
@@ -148,7 +150,7 @@ def tokenize_examples(examples: Sequence[dict], vocab, max_input_length: int,
                            f"max_{key[:-1]}_length={length}; raise the limit or set truncate=True")
         ids = ids[:length - 1] + [vocab.eos_id]
       out.append(ids)
-  return TokenizedExamples(ins, tgts, examples, name)
+  return TokenizedExamples(ins, tgts, examples, name, getattr(vocab, "pad_id", 0))
 
 
 # ------------------------------------------------------------------------------ mixtures
@@ -527,8 +529,10 @@ class EvalBatches:
       index = k * self.global_batch_size + np.arange(self.start, self.stop)
       valid = index < n
       batch = self.examples.padded(np.where(valid, index, 0), self.S, self.T)
-      for key in ("inputs", "input_mask", "targets", "target_weights"):
+      for key in ("input_mask", "target_weights"):
         batch[key][~valid] = 0
+      for key in ("inputs", "targets"):
+        batch[key][~valid] = self.examples.pad_id
       batch["valid"] = valid
       batch["index"] = np.where(valid, index, -1).astype(np.int32)
       raw = [self.examples.raw[i] for i in index[valid]] if self.examples.raw is not None \
