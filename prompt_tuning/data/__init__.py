@@ -1,2 +1,3 @@
-"""Data layer. The modules here that need TensorFlow / seqio import it lazily; the vocabulary
-and the synthetic tasks are TensorFlow-free."""
+"""Data layer. ``inputs`` (one entry point for the training loop), ``pipeline`` (in-memory
+iterators, packing, eval batches), ``vocab`` and ``synthetic`` are TensorFlow-free;
+``seqio_pipeline`` imports TensorFlow / seqio lazily, on first use."""

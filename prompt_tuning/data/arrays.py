@@ -1,4 +1,8 @@
-"""Text examples -> padded numpy arrays, and deterministic (resumable) batching."""
+"""Text examples -> padded numpy arrays, and deterministic (resumable) batching.
+
+The former input path, kept for existing callers; :mod:`prompt_tuning.data.pipeline` (in-memory,
+per-host, packing, exact eval batches) and :mod:`prompt_tuning.data.seqio_pipeline` (streamed
+seqio tasks) replace it, with the same batches for one unpacked task (same permutations)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -47,9 +51,16 @@ class ArrayDataset:
     self.arrays = arrays
     self.size = len(next(iter(arrays.values())))
     self.seed = seed
+    self._perms: dict[int, np.ndarray] = {}
 
   def _perm(self, epoch: int) -> np.ndarray:
-    return np.random.RandomState((self.seed * 1_000_003 + epoch) % (2 ** 31)).permutation(self.size)
+    # Cached: drawing a permutation of the whole dataset on every step cost O(dataset) per step.
+    if epoch not in self._perms:
+      if len(self._perms) >= 2:
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = np.random.RandomState(
+          (self.seed * 1_000_003 + epoch) % (2 ** 31)).permutation(self.size)
+    return self._perms[epoch]
 
   def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
     flat = np.arange(step * batch_size, (step + 1) * batch_size)

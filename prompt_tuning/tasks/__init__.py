@@ -17,7 +17,10 @@ tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerator
 
 from prompt_tuning.tasks import metrics  # noqa: E402,F401
 from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPECS,  # noqa: E402
-                                          register_all, register_mlsum, summarize_prefix)
+                                          TRAIN_SIZES, TaskSpec, adhoc_mixture, add_task,
+                                          instruction_mixture,
+                                          instruction_task, register_all, register_mlsum,
+                                          set_vocabulary, summarize_prefix, vocabulary_path)
 
 register_all()
 
@@ -30,21 +33,69 @@ def _spec(name: str):
   return SPECS[name]
 
 
+def is_mixture(name: str) -> bool:
+  return "+" in name or name in seqio.MixtureRegistry.names()
+
+
+def provider(name: str, instructions: bool = False):
+  """The seqio Task or Mixture for ``name``: a registered task or mixture, or an ad-hoc mixture
+  "taskA+taskB" (examples-proportional rates) / "taskA:2+taskB:1" (explicit rates);
+  ``instructions``: the variant with each task's instruction text prepended to the inputs."""
+  if "+" in name:
+    return adhoc_mixture(name, instructions)
+  if name in seqio.MixtureRegistry.names():
+    return instruction_mixture(name) if instructions else seqio.get_mixture_or_task(name)
+  if instructions:
+    return seqio.get_mixture_or_task(instruction_task(name))
+  if name not in SPECS and name in seqio.TaskRegistry.names():
+    return seqio.get_mixture_or_task(name)  # registered elsewhere (e.g. benchmarks)
+  _spec(name)
+  return seqio.get_mixture_or_task(name)
+
+
+def mixture_tasks(name: str) -> list[tuple[str, float]]:
+  """(task name, mixing rate) of each task of ``name`` (one task: rate 1)."""
+  if not is_mixture(name):
+    provider(name)
+    return [(name, 1.0)]
+  mix = provider(name)
+  return [(t.name, float(mix.get_rate(t))) for t in mix.tasks]
+
+
+def apportion(n: int, rates, minimum: int = 1) -> list[int]:
+  """Splits ``n`` by ``rates`` (largest remainder), at least ``minimum`` each when n allows."""
+  r = np.asarray(rates, np.float64) / np.sum(rates)
+  out = np.floor(n * r).astype(np.int64)
+  for i in np.argsort(-(n * r - out), kind="stable")[:n - int(out.sum())]:
+    out[i] += 1
+  if n >= minimum * len(out):
+    while out.min() < minimum:  # take from the largest share
+      out[np.argmin(out)] += 1
+      out[np.argmax(out)] -= 1
+  return out.tolist()
+
+
 def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
                   shuffle: bool = False, instructions: bool = False) -> list[dict]:
   """Formatted (untokenized) examples of a task: {"inputs", "targets", extras...} strings.
 
-  ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs); a mixture name (registered,
-  or "taskA+taskB") gives an equal share of ``n`` from each of its tasks, interleaved;
+  For small data (few-shot subsets, short dev sets): it reads ``n`` examples (all when n is 0 or
+  None) into a list. Full training sets stream through :mod:`prompt_tuning.data.seqio_pipeline`.
+  ``shuffle`` draws a seeded random sample of ``n`` (few-shot runs). A mixture (registered,
+  "taskA+taskB" or "taskA:2+taskB:1") splits ``n`` among its tasks by their mixing rates (each
+  task at least one example) and interleaves them by rate, every example of every task kept;
   ``instructions`` prepends each task's instruction text.
   """
-  if name in seqio.MixtureRegistry.names() or "+" in name:
-    subs = name.split("+") if "+" in name else \
-        [t.name for t in seqio.get_mixture_or_task(name).tasks]
-    per = None if not n else max(1, n // len(subs))  # n = 0 / None: every example
-    parts = [text_examples(t, split, per, seed, shuffle, instructions) for t in subs]
-    mixed = [ex for group in zip(*parts) for ex in group]
-    return mixed[:n] if n else mixed
+  if is_mixture(name):
+    subs = mixture_tasks(name)
+    shares = apportion(n, [r for _, r in subs]) if n else [None] * len(subs)
+    parts = [text_examples(t, split, k, seed, shuffle, instructions)
+             for (t, _), k in zip(subs, shares)]
+    parts = [p for p in parts if p]
+    from prompt_tuning.data.pipeline import mixture_schedule
+    sizes = np.asarray([len(p) for p in parts], np.int64)
+    task, pos = mixture_schedule(np.arange(int(sizes.sum())), sizes)
+    return [parts[t][i] for t, i in zip(task, pos)]
   spec = _spec(name)
   task = seqio.get_mixture_or_task(name)
   try:
