@@ -19,7 +19,7 @@ from flax import nnx
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
 from prompt_tuning import methods as methods_lib
-from prompt_tuning import optim, sharding
+from prompt_tuning import optim, runlock, sharding
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data import synthetic, vocab as vocab_lib
 from prompt_tuning.models import convert, t5
@@ -218,7 +218,13 @@ def _log(path, record):
 
 # ------------------------------------------------------------------------------ train
 def train(config) -> dict:
-  """Runs (or resumes) training; returns the final evaluation metrics."""
+  """Runs (or resumes) training; returns the final evaluation metrics. Holds output_dir's run
+  lock throughout: a second run writing the same output_dir is refused."""
+  with runlock.RunLock(config.output_dir):
+    return _train(config)
+
+
+def _train(config) -> dict:
   vocab, trainer, train_ds, eval_sets = build(config)
   os.makedirs(config.output_dir, exist_ok=True)
   log_path = os.path.join(config.output_dir, "metrics.jsonl")
@@ -464,8 +470,8 @@ def main(argv=None, command: str = "train") -> int:
         result = {"outputs": infer(config, fv.input, fv.step)}
     else:
       raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
-  except (ValueError, KeyError, FileNotFoundError, TrainingError, AttributeError) as e:
-    text = str(e.args[0]) if e.args else str(e)
+  except (ValueError, KeyError, OSError, TrainingError, AttributeError) as e:
+    text = str(e) if isinstance(e, OSError) or not e.args else str(e.args[0])
     text = " ".join(line.strip().strip("'") for line in text.splitlines() if line.strip())
     if isinstance(e, AttributeError):  # ml_collections: unknown config key
       text = f"unknown config key {text}"
