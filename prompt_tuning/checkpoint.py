@@ -43,8 +43,10 @@ becomes one :class:`CheckpointSaveError` line and the temporary directory is rem
 Multi-process runs: every process calls save/restore (as orbax requires). The meta is written by
 process 0, each process writes and reads only its own data-state file, and the verdict on a step
 (usable or not) is agreed across processes before falling back, so all processes restore the
-same step. Checkpoints from before these checks (no ``_integrity``) are restored unverified with
-one warning line.
+same step (tests/multiprocess_checkpoint.py runs this with two real processes). Shared storage
+is assumed, as orbax does. Not handled: a save that fails on some processes only (a full local
+disk on one host) leaves the others waiting in orbax's barrier until its timeout. Checkpoints
+from before these checks (no ``_integrity``) are restored unverified with one warning line.
 """
 from __future__ import annotations
 
@@ -250,7 +252,8 @@ def decode_data_state(raw: bytes, what: str) -> bytes:
   if not sep or len(parts) != 3 or parts[0] != _DATA_MAGIC or not parts[1].isdigit():
     raise _Corrupt(f"{what}: no valid header")
   if len(blob) != int(parts[1]):
-    raise _Corrupt(f"{what}: {len(blob)} bytes, expected {int(parts[1])} (truncated)")
+    raise _Corrupt(f"{what}: {len(blob)} bytes, expected {int(parts[1])}"
+                   + (" (truncated)" if len(blob) < int(parts[1]) else ""))
   if hashlib.sha256(blob).hexdigest().encode() != parts[2]:
     raise _Corrupt(f"{what}: checksum mismatch")
   return blob

@@ -506,3 +506,33 @@ def test_training_resumes_from_the_last_good_step_when_the_latest_is_corrupt(tmp
   assert result["step"] == 6
   again, _ = checkpoint.Checkpointer(str(ck_dir)).restore(template)
   assert_state(again, good6)
+
+
+def test_two_processes(tmp_path):
+  """A real two-process jax run on CPU: only process 0 takes the run lock and its refusal
+  reaches process 1; each process saves and restores its own data state; when only process 1
+  finds step 5 damaged, both processes fall back to step 3."""
+  import socket
+  from prompt_tuning import runlock
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  script = os.path.join(ROOT, "tests", "multiprocess_checkpoint.py")
+  with runlock.RunLock(str(tmp_path / "locked"), command="another run"):
+    procs = [subprocess.Popen([sys.executable, script, str(i), port, str(tmp_path / "run"),
+                               str(tmp_path / "locked")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  for i, (out, err) in enumerate(outs):
+    assert f"{i} refused: {tmp_path / 'locked'} is in use by another run" in out
+    assert f"{i} holds the run lock: {i == 0}" in out
+    assert f"{i} restored step 3 process {i} at 3" in out
+    (w,) = [l for l in err.splitlines() if l.startswith("warning:")]
+    assert "step 5" in w and "falling back to step 3" in w
+  assert "process_1-of-2.bin: 15 bytes, expected 14)" in outs[1][1]  # one byte appended
+  assert not (tmp_path / "run" / "run.lock").exists()
