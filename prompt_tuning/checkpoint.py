@@ -333,9 +333,10 @@ _silenced = False
 def _silence_failed_io_aftermath():
   """After orbax's reads or writes fail, tensorstore completes the sibling operations later,
   into the event loop orbax has closed by then: each one prints "RuntimeError: Event loop is
-  closed" through sys.unraisablehook, and asyncio logs "Task exception was never retrieved" for
-  every orphaned orbax task, long after our one-line report. Drops exactly these two (installed
-  once, when orbax is first used; everything else passes through)."""
+  closed" through sys.unraisablehook (so do abandoned orbax coroutines when collected), and
+  asyncio logs "Task exception was never retrieved" for every orphaned orbax task, long after
+  our one-line report. Drops exactly these (installed once, when orbax is first used; all else
+  passes through)."""
   global _silenced
   if _silenced:
     return
@@ -344,6 +345,9 @@ def _silence_failed_io_aftermath():
 
   def hook(u):
     if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+      return
+    code = getattr(u.object, "cr_code", None)  # an abandoned orbax coroutine, closed by the GC
+    if code is not None and "orbax" in code.co_filename:
       return
     previous(u)
 
