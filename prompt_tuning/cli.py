@@ -67,7 +67,7 @@ def execute(command: str, argv) -> int:
         result = {"outputs": infer.infer(config, fv.input, fv.step)}
     else:
       raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
-  except (ValueError, KeyError, FileNotFoundError, loop.TrainingError, AttributeError) as e:
+  except (ValueError, KeyError, OSError, loop.TrainingError, AttributeError) as e:
     text = error_line(e)
     if isinstance(e, AttributeError):  # ml_collections: unknown config key
       text = f"unknown config key {text}"

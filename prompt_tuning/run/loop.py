@@ -11,7 +11,7 @@ import jax
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
-from prompt_tuning import methods
+from prompt_tuning import methods, runlock
 from prompt_tuning.run.build import build, model_reference
 from prompt_tuning.run.evaluate import evaluate_all
 
@@ -26,7 +26,13 @@ def append_jsonl(path, record):
 
 
 def train(config) -> dict:
-  """Runs (or resumes) training; returns the final evaluation metrics."""
+  """Runs (or resumes) training; returns the final evaluation metrics. Holds output_dir's run
+  lock throughout: a second run writing the same output_dir is refused."""
+  with runlock.RunLock(config.output_dir):
+    return _train(config)
+
+
+def _train(config) -> dict:
   exp = build(config)
   vocab, trainer, train_ds, eval_sets = exp.vocab, exp.trainer, exp.train_ds, exp.eval_sets
   os.makedirs(config.output_dir, exist_ok=True)
