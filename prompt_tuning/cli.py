@@ -22,6 +22,8 @@ def parse_flags(argv):
   flags.DEFINE_multi_string("input", [], "input text for `infer` (repeatable)", flag_values=fv)
   flags.DEFINE_multi_string("prompt_run", [], "TASK=RUN_DIR: mixed-task `infer` with the prompt "
                             "stored in each run (inputs then are TASK::TEXT)", flag_values=fv)
+  flags.DEFINE_list("allow_changed", [], "config keys deliberately changed from the stored run "
+                    "(train resume, eval, infer); 'all' accepts any change", flag_values=fv)
   fv(argv)
   return fv
 
@@ -47,14 +49,12 @@ def execute(command: str, argv) -> int:
     fv = parse_flags(list(argv))
     config = fv.config
     if command == "train":
-      result = loop.train(config)
+      result = loop.train(config, fv.allow_changed)
     elif command == "eval":
-      result = evaluate.evaluate(config, fv.step)
+      result = evaluate.evaluate(config, fv.step, fv.allow_changed)
     elif command == "sweep":
       result = sweep.sweep(config, sweep.load_sweep(fv["config"].config_filename))
     elif command == "infer":
-      if not fv.input:
-        raise ValueError("infer needs at least one --input")
       if fv.prompt_run:  # mixed-task batch: --prompt_run TASK=DIR, --input TASK::TEXT
         runs = dict(r.split("=", 1) for r in fv.prompt_run)
         pairs = []
@@ -64,7 +64,7 @@ def execute(command: str, argv) -> int:
           pairs.append(tuple(text.split("::", 1)))
         result = {"outputs": infer.infer_mixed(config, runs, pairs, fv.step)}
       else:
-        result = {"outputs": infer.infer(config, fv.input, fv.step)}
+        result = {"outputs": infer.infer(config, fv.input, fv.step, fv.allow_changed)}
     else:
       raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
   except (ValueError, KeyError, OSError, loop.TrainingError, AttributeError) as e:
