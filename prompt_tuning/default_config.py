@@ -12,7 +12,7 @@ def get_config():
   c.output_dir = "runs/tiny_default"
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny",            # a T5 preset (random init), used when hf_checkpoint is empty
-      hf_checkpoint="",         # HF T5 checkpoint directory (config.json + weights)
+      hf_checkpoint="",         # HF checkpoint directory, or a Hub id in the local HF cache
       dtype="float32",          # compute dtype
       frozen_dtype="",          # dtype of the frozen weights ("" = as loaded, e.g. "bfloat16")
       remat="none",             # "none" | "full" | "dots" (rematerialise all but matmul outputs)
@@ -22,7 +22,10 @@ def get_config():
   ))
   # method.name picks the tuning method; method.<name> holds its options (one section per
   # module of prompt_tuning/methods, with that module's defaults).
-  c.method = ml_collections.ConfigDict(dict(name="prompt", **methods.defaults()))
+  # method.init_from: the initial trainable state instead of the method's own init: a PEFT
+  # adapter directory (prompt tuning or LoRA) or a prompt file (.npy / .safetensors / a directory
+  # written by `prompt-tuning export --format prompt`); a resumed run restores its checkpoint.
+  c.method = ml_collections.ConfigDict(dict(name="prompt", init_from="", **methods.defaults()))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="",                  # "" = the method's default (Adafactor for prompts, else AdamW)
       learning_rate=0.0,        # 0 = the method's default (0.3 for prompts)
@@ -38,7 +41,8 @@ def get_config():
       instructions=False,          # prepend each task's natural-language instruction
                                    # (task may also be "taskA+taskB": an ad-hoc mixture)
       max_input_length=48, max_target_length=8, truncate=False,
-      vocab="",                    # SentencePiece .model path ("" = the in-repo tiny vocab)
+      vocab="",                    # SentencePiece .model or tokenizer.json ("" = the checkpoint's
+                                   # own tokenizer, else the in-repo tiny vocab)
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=300, log_every=25, eval_every=100, checkpoint_every=100,
