@@ -5,6 +5,8 @@ initial state, Hub ids through a fake local cache, and the checkpoint's own toke
 import json
 import os
 import shutil
+import sys
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from flax import nnx  # noqa: E402
 
 from prompt_tuning import cli, interop, methods, models  # noqa: E402
 from prompt_tuning.data import vocab as vocab_lib  # noqa: E402
-from prompt_tuning.interop import hub, peft_format, prompt_files  # noqa: E402
+from prompt_tuning.interop import hub, prompt_files  # noqa: E402
 from prompt_tuning.interop import tokenizer as tok_lib  # noqa: E402
 from prompt_tuning.models import core  # noqa: E402
 
@@ -368,7 +370,6 @@ def fake_cache(root, repo, src, sha="0123456789abcdef0123456789abcdef01234567"):
 
 @pytest.mark.parametrize("impl", ["huggingface_hub", "own_lookup"])
 def test_hub_id_through_a_fake_local_cache(hf_dirs, tmp_path, monkeypatch, impl):
-  import sys
   if impl == "own_lookup":   # the lookup used when huggingface_hub is not installed
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
   for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -495,3 +496,150 @@ def test_checkpoint_tokenizers_are_picked_and_checked(hf_dirs, tmp_path):
     json.dump({"eos_token": "<s>", "tokenizer_class": "PreTrainedTokenizerFast"}, f)
   with pytest.raises(ValueError, match="EOS id 1 .* differs from the model's eos_token_id=2"):
     tok_lib.run_vocab(_run_config(**{"model.hf_checkpoint": ll}))
+
+
+# ----------------------------------------------------------------------------- runs (CLI)
+RUN = ["--config.data.num_train=32", "--config.data.num_eval=8", "--config.train.batch_size=4",
+       "--config.train.num_steps=2", "--config.train.log_every=2", "--config.train.eval_every=2",
+       "--config.train.checkpoint_every=2", "--config.train.eval_batch_size=8",
+       "--config.train.max_decode_length=4", "--config.data.truncate=True"]
+
+
+def parse(args):
+  argv = ["prompt-tuning"] + list(args)
+  with mock.patch.object(sys, "argv", argv):   # config_flags reads its overrides from sys.argv
+    return cli.parse_flags(argv).config
+
+
+def cli_run(capsys, verb, *args, expect=0):
+  argv = ["prompt-tuning"] + list(args)
+  with mock.patch.object(sys, "argv", argv):
+    rc = cli.execute(verb, argv)
+  cap = capsys.readouterr()
+  assert rc == expect, cap.err[-3000:]
+  if expect:
+    return cap.err
+  out = cap.out
+  return json.loads(out[out.rindex("\n{") + 1:] if "\n{" in out else out[out.index("{"):])
+
+
+def restored(args):
+  """(Experiment, trained params) of the run that ``args`` describe; the tuned values are put
+  into exp.model."""
+  from prompt_tuning import checkpoint as ckpt_lib
+  from prompt_tuning.run.build import build
+  config = parse(args)
+  exp = build(config, with_data=False)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  state, _ = ckpt.restore(exp.trainer.init_state())
+  ckpt.close()
+  nnx.update(exp.model, state.params)
+  return exp, state.params
+
+
+def initial_params(args):
+  from prompt_tuning.run.build import build
+  return build(parse(args), with_data=False).trainer.init_state().params
+
+
+def assert_same_params(a, b):
+  fa, fb = dict(nnx.to_flat_state(a)), dict(nnx.to_flat_state(b))
+  assert set(fa) == set(fb)
+  for k in fa:
+    np.testing.assert_allclose(np.asarray(fb[k][...]), np.asarray(fa[k][...]), atol=1e-6,
+                               err_msg=str(k))
+
+
+def test_lora_run_exports_and_a_new_run_starts_from_the_adapter(hf_dirs, tmp_path, capsys):
+  """T5 with its spiece.model: trained through the CLI with the checkpoint's tokenizer, exported
+  as a PEFT adapter and as a merged checkpoint (with the tokenizer), then a second run starts
+  from the adapter and trains on."""
+  t5 = str(tmp_path / "t5")
+  shutil.copytree(hf_dirs["t5"], t5)
+  with open(CORPUS) as f:
+    vocab_lib.train_sentencepiece([l.strip() for l in f if l.strip()], t5, 200)
+  args = [f"--config.model.hf_checkpoint={t5}", "--config.method.name=lora",
+          "--config.method.lora.rank=2", f"--config.output_dir={tmp_path / 'run'}"] + RUN
+  res = cli_run(capsys, "train", *args)
+  assert res["step"] == 2
+  exp, params = restored(args)
+  assert exp.vocab.path == os.path.join(t5, "spiece.model")
+  peft_dir, hf_dir = str(tmp_path / "peft"), str(tmp_path / "hf")
+  r = cli_run(capsys, "export", *args, "--format=peft", f"--out={peft_dir}")
+  assert r["files"] == ["adapter_config.json", "adapter_model.safetensors"] and r["step"] == 2
+  r = cli_run(capsys, "export", *args, "--format=hf", f"--out={hf_dir}")
+  assert {"config.json", "model.safetensors", "spiece.model"} <= set(r["files"])
+  ids, mask, dec = batch(5)
+  ours = our_logits(exp.model, ids, mask, dec)
+  base = T.T5ForConditionalGeneration.from_pretrained(t5).eval()
+  assert_close("t5", ours, torch_logits(peft.PeftModel.from_pretrained(base, peft_dir).eval(),
+                                        "t5", ids, mask, dec), mask)
+  merged = T.AutoModelForSeq2SeqLM.from_pretrained(hf_dir).eval()
+  assert_close("t5", ours, torch_logits(merged, "t5", ids, mask, dec), mask)
+  assert T.AutoTokenizer.from_pretrained(hf_dir)("a box").input_ids[-1] == 1
+  # A new run whose initial state is the exported adapter; it trains on from there.
+  args2 = [a.replace(str(tmp_path / "run"), str(tmp_path / "run2")) for a in args] + [
+      f"--config.method.init_from={peft_dir}"]
+  assert_same_params(params, initial_params(args2))
+  res2 = cli_run(capsys, "train", *args2)
+  assert res2["step"] == 2 and np.isfinite(res2["eval"]["synthetic_sentiment"]["loss"])
+  # Exporting a prompt from a LoRA run is refused in one line.
+  err = cli_run(capsys, "export", *args, "--format=prompt", f"--out={tmp_path / 'p'}", expect=2)
+  assert "no soft prompt to export" in err and len(err.strip().splitlines()) == 1
+
+
+def test_prompt_run_on_a_hub_id_with_its_tokenizer(hf_dirs, tmp_path, capsys, monkeypatch):
+  """GPT-2 given as a Hub id (fake local cache) with a byte-level BPE tokenizer.json: trained,
+  decoded, exported as a prompt file and a PEFT adapter; a second run starts from the file."""
+  g = str(tmp_path / "gpt2")
+  eot = bpe_tokenizer(g, ["<|endoftext|>"]).token_to_id("<|endoftext|>")
+  cls, config = CASES["gpt2"]
+  torch.manual_seed(0)
+  cls(T.GPT2Config(**dict(config.to_dict(), vocab_size=320, bos_token_id=eot, eos_token_id=eot,
+                          pad_token_id=None))).save_pretrained(g)   # 257 byte-level ids
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+  fake_cache(str(tmp_path / "cache"), "org/tiny-gpt2", g)
+  monkeypatch.chdir(tmp_path)
+  args = ["--config.model.hf_checkpoint=org/tiny-gpt2", "--config.method.prompt.length=4",
+          f"--config.output_dir={tmp_path / 'run'}"] + RUN
+  cli_run(capsys, "train", *args)
+  out = cli_run(capsys, "infer", *args, "--input=review: the teacher found a good box")
+  assert isinstance(out["outputs"][0], str)
+  exp, params = restored(args)
+  assert isinstance(exp.vocab, vocab_lib.HFTokenizerVocab) and exp.vocab.eos_id == eot
+  prompt_dir, peft_dir = str(tmp_path / "prompt"), str(tmp_path / "peft")
+  cli_run(capsys, "export", *args, "--format=prompt", f"--out={prompt_dir}")
+  info = json.load(open(os.path.join(prompt_dir, "prompt.json")))
+  assert info["base_model"] == {"hf_checkpoint": "org/tiny-gpt2"} and info["length"] == 4
+  cli_run(capsys, "export", *args, "--format=peft", f"--out={peft_dir}")
+  config = json.load(open(os.path.join(peft_dir, "adapter_config.json")))
+  assert config["base_model_name_or_path"] == "org/tiny-gpt2"
+  ids, mask, dec = batch(6)
+  pm = peft.PeftModel.from_pretrained(cls.from_pretrained(hub.resolve("org/tiny-gpt2")).eval(),
+                                      peft_dir).eval()
+  assert_close("gpt2", our_logits(exp.model, ids, mask, dec),
+               torch_logits(pm, "gpt2", ids, mask, dec)[:, 4:], mask)
+  err = cli_run(capsys, "export", *args, "--format=hf", f"--out={tmp_path / 'hf'}", expect=2)
+  assert "soft prompt cannot be merged" in err
+  # SPoT-style: the prompt file starts another run (here on the same task).
+  args2 = [a.replace(str(tmp_path / "run"), str(tmp_path / "run2")) for a in args] + [
+      f"--config.method.init_from={os.path.join(prompt_dir, 'prompt.npy')}"]
+  assert_same_params(params, initial_params(args2))
+  assert cli_run(capsys, "train", *args2)["step"] == 2
+
+
+def test_peft_export_of_a_preset_run_writes_the_base(tmp_path, capsys):
+  args = ["--config.model.preset=tiny-llama", "--config.method.name=lora",
+          "--config.method.lora.rank=2", "--config.method.lora.targets=('q','mlp')",
+          f"--config.output_dir={tmp_path / 'run'}"] + RUN
+  cli_run(capsys, "train", *args)
+  exp, _ = restored(args)
+  out = str(tmp_path / "peft")
+  r = cli_run(capsys, "export", *args, "--format=peft", f"--out={out}")
+  assert "base_model/config.json" in r["files"] and "base_model/spiece.model" in r["files"]
+  base = T.LlamaForCausalLM.from_pretrained(os.path.join(out, "base_model")).eval()
+  pm = peft.PeftModel.from_pretrained(base, out).eval()
+  ids, mask, dec = batch(7)
+  ids = ids % 200
+  assert_close("llama", our_logits(exp.model, ids, mask, dec),
+               torch_logits(pm, "llama", ids, mask, dec), mask)

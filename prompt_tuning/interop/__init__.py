@@ -7,8 +7,8 @@ Out (a model with its tuned parameters in place, e.g. after ``nnx.update(model, 
   checkpoint (see :mod:`.peft_format` for the exact mapping);
 * :func:`export_merged`: a Hugging Face checkpoint with LoRA merged into the kernels (or the
   weights full / layers tuning changed), plus the tokenizer files;
-* :func:`export_prompt`: the soft prompt as ``prompt.npy`` / ``prompt.safetensors`` + ``prompt.json``
-  (see :mod:`.prompt_files`).
+* :func:`export_prompt`: the soft prompt as ``prompt.npy`` / ``prompt.safetensors`` +
+  ``prompt.json`` (see :mod:`.prompt_files`).
 
 In: :func:`init_from` sets a run's initial trainable state from a PEFT adapter directory (prompt
 tuning or LoRA) or a prompt file (continued training, SPoT-style prompt transfer); the run
@@ -27,7 +27,7 @@ from flax import nnx
 
 from prompt_tuning.interop import hub, peft_format, prompt_files
 from prompt_tuning.interop.tokenizer import TOKENIZER_FILES, run_vocab
-from prompt_tuning.models import core, families
+from prompt_tuning.models import core
 
 __all__ = ["export_merged", "export_peft", "export_prompt", "hub", "init_from",
            "merged_params", "run_vocab"]
@@ -78,7 +78,6 @@ def export_merged(model, out_dir: str, tokenizer_from: str | None = None) -> lis
   """A Hugging Face checkpoint directory of the tuned model (config.json, model.safetensors)
   plus the tokenizer files found in ``tokenizer_from`` (a checkpoint directory or a vocabulary
   file: a SentencePiece model is copied as spiece.model, a tokenizer.json as such)."""
-  families.FAMILIES[model.cfg.family]  # noqa: B018 (a known family, or a KeyError)
   from prompt_tuning import models
   models.save(model, out_dir, params=merged_params(model))
   written = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
