@@ -1,4 +1,4 @@
-"""``prompt-tuning {train,eval,infer,sweep} [--config FILE] [--config.KEY=VALUE ...]``.
+"""``prompt-tuning {train,eval,infer,sweep,export} [--config FILE] [--config.KEY=VALUE ...]``.
 
 Parses the flags, dispatches to prompt_tuning.run, and turns a user error into one ``error:``
 line on stderr with exit status 2. ``python -m prompt_tuning.train`` is ``prompt-tuning train``.
@@ -7,8 +7,10 @@ import json
 import os
 import sys
 
-USAGE = "usage: prompt-tuning {train,eval,infer,sweep} [--config FILE] [--config.KEY=VALUE ...]"
-COMMANDS = ("train", "eval", "infer", "sweep")
+USAGE = ("usage: prompt-tuning {train,eval,infer,sweep,export} [--config FILE] "
+         "[--config.KEY=VALUE ...]\n       prompt-tuning export ... --format {peft,hf,prompt} "
+         "--out DIR [--step N]")
+COMMANDS = ("train", "eval", "infer", "sweep", "export")
 
 
 def parse_flags(argv):
@@ -24,6 +26,8 @@ def parse_flags(argv):
                             "stored in each run (inputs then are TASK::TEXT)", flag_values=fv)
   flags.DEFINE_list("allow_changed", [], "config keys deliberately changed from the stored run "
                     "(train resume, eval, infer); 'all' accepts any change", flag_values=fv)
+  flags.DEFINE_string("format", "", "`export`: peft | hf | prompt", flag_values=fv)
+  flags.DEFINE_string("out", "", "`export`: output directory", flag_values=fv)
   fv(argv)
   return fv
 
@@ -65,8 +69,11 @@ def execute(command: str, argv) -> int:
         result = {"outputs": infer.infer_mixed(config, runs, pairs, fv.step)}
       else:
         result = {"outputs": infer.infer(config, fv.input, fv.step, fv.allow_changed)}
+    elif command == "export":
+      from prompt_tuning.run import export
+      result = export.export(config, fv.out, fv.format, fv.step, fv.allow_changed)
     else:
-      raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
+      raise ValueError(f"unknown command {command!r}; use train, eval, infer, sweep or export")
   except (ValueError, KeyError, OSError, loop.TrainingError, AttributeError) as e:
     text = error_line(e)
     if isinstance(e, AttributeError):  # ml_collections: unknown config key

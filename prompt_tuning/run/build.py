@@ -14,9 +14,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import interop
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import models, optim, sharding
-from prompt_tuning.data import inputs, synthetic, vocab as vocab_lib
+from prompt_tuning.data import inputs, synthetic
 from prompt_tuning.data.pipeline import DECODER_ONLY, ENCODER_DECODER
 from prompt_tuning.run.validate import validate
 from prompt_tuning.trainer import Trainer
@@ -64,13 +65,14 @@ def optimizer_config(config, method: methods_lib.MethodConfig) -> optim.Optimize
 
 
 def load_vocab(config):
-  return vocab_lib.load(config.data.vocab) if config.data.vocab else vocab_lib.default_vocab()
+  # data.vocab, else the checkpoint's own tokenizer (ids checked against it), else the bundled one.
+  return interop.run_vocab(config)
 
 
 def model_reference(config) -> dict:
   """How the frozen model is found again (it is never stored in tuning checkpoints)."""
-  if config.model.hf_checkpoint:
-    return {"hf_checkpoint": os.path.abspath(config.model.hf_checkpoint)}
+  if config.model.hf_checkpoint:  # a directory (absolute path) or a Hub id (as given)
+    return {"hf_checkpoint": interop.hub.reference(config.model.hf_checkpoint)}
   return {"preset": config.model.preset, "init_seed": config.seed}
 
 
@@ -169,6 +171,7 @@ def build(config, with_data: bool = True) -> Experiment:
   ocfg = optimizer_config(config, mcfg)
   model = build_model(config, vocab)
   methods_lib.attach(model, mcfg, tokenize=vocab.encode)
+  interop.init_from(model, mcfg, config.method.init_from)  # a PEFT adapter or a prompt file
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
   trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
