@@ -18,8 +18,9 @@ def parse_flags(argv):
   from ml_collections import config_flags
   fv = flags.FlagValues()
   default = os.path.join(os.path.dirname(__file__), "default_config.py")
+  # sys_argv: the overrides are found in ``argv`` (not sys.argv) when called from Python.
   config_flags.DEFINE_config_file("config", default, "experiment config file", flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=list(argv))
   flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
   flags.DEFINE_multi_string("input", [], "input text for `infer` (repeatable)", flag_values=fv)
   flags.DEFINE_multi_string("prompt_run", [], "TASK=RUN_DIR: mixed-task `infer` with the prompt "
@@ -60,6 +61,9 @@ def execute(command: str, argv) -> int:
       result = sweep.sweep(config, sweep.load_sweep(fv["config"].config_filename))
     elif command == "infer":
       if fv.prompt_run:  # mixed-task batch: --prompt_run TASK=DIR, --input TASK::TEXT
+        bad = [r for r in fv.prompt_run if "=" not in r]
+        if bad:
+          raise ValueError(f"--prompt_run takes TASK=RUN_DIR; got {bad[0]!r}")
         runs = dict(r.split("=", 1) for r in fv.prompt_run)
         pairs = []
         for text in fv.input:

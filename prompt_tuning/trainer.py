@@ -100,10 +100,13 @@ def to_decoder_only(batch: dict) -> dict:
   return out
 
 
-def _norm(tree):
-  # optax.tree.norm replaced optax.global_norm (deprecated) in newer optax releases.
-  return optax.tree.norm(tree) if hasattr(optax, "tree") and hasattr(optax.tree, "norm") \
-      else optax.global_norm(tree)
+def global_norm(tree):
+  """L2 norm of all leaves, computed without overflow: scaled by the largest magnitude first,
+  so parameters of 1e30 (finite) give a finite norm instead of inf."""
+  leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  scale = jnp.where(m > 0, m, 1.0)
+  return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
 
 class Trainer:
@@ -262,8 +265,8 @@ class Trainer:
       aux["finite"] = jnp.logical_and(
           jnp.isfinite(aux["loss"]),
           jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])))
-      aux["grad_norm"] = _norm(grads)
-      aux["param_norm"] = _norm(params)
+      aux["grad_norm"] = global_norm(grads)
+      aux["param_norm"] = global_norm(params)
       return TrainState(state.step + 1, params, opt_state), aux
 
   def _eval_step(self, params, frozen, batch):

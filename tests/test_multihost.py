@@ -32,12 +32,17 @@ def _env(devices):
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
+def last_json(stdout: str) -> dict:
+  """The result JSON the CLI prints last (after any log lines)."""
+  return json.loads(stdout[stdout.rindex("\n{") + 1:] if "\n{" in stdout else stdout)
+
+
 def run_single(verb, out, extra=()):
   r = subprocess.run([sys.executable, "-m", "prompt_tuning.cli", verb,
                       f"--config.output_dir={out}"] + COMMON + list(extra), cwd=ROOT,
                      env=_env(4), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  return json.loads(r.stdout[r.stdout.rindex("\n{") + 1:])
+  return last_json(r.stdout)
 
 
 def run_two(verb, out, extra=()):
@@ -50,7 +55,7 @@ def run_two(verb, out, extra=()):
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (o, e) in zip(procs, outs):
     assert p.returncode == 0, e[-3000:]
-  return [json.loads(o[o.rindex("\n{") + 1:]) for o, _ in outs]
+  return [last_json(o) for o, _ in outs]
 
 
 def params(out):

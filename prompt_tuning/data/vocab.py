@@ -18,7 +18,11 @@ class SentencePieceVocab:
     if not os.path.exists(model_path):
       raise FileNotFoundError(f"SentencePiece model {model_path!r} does not exist")
     self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(f"{model_path!r} is not a SentencePiece model ({e}); give a .model file "
+                       f"written by SentencePiece, or a tokenizer.json") from e
     if self.sp.pad_id() != PAD_ID or self.sp.eos_id() != EOS_ID:
       raise ValueError(f"{model_path!r}: expected T5 conventions pad=0, eos=1, got pad="
                        f"{self.sp.pad_id()}, eos={self.sp.eos_id()}")

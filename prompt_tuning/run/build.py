@@ -77,20 +77,23 @@ def model_reference(config) -> dict:
 
 
 # ------------------------------------------------------------------------------ model
-def build_model(config, vocab):
-  """The frozen model: a HF checkpoint directory, or a randomly initialised preset (refused when
-  the config says the run needs pretrained weights)."""
+def build_model(config):
+  """(frozen model, vocabulary). The model is a HF checkpoint directory (read before its
+  tokenizer, so a broken checkpoint is the error reported), or a randomly initialised preset
+  (refused when the config says the run needs pretrained weights)."""
   m = config.model
   compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
                  attention_impl=m.attention_impl, dropout_rate=m.dropout_rate)
   if m.hf_checkpoint:
     model = models.load(m.hf_checkpoint, **compute)
+    vocab = load_vocab(config)
   else:
     if not m.allow_random_init:
       raise ValueError(f"this config needs pretrained weights (model.preset={m.preset!r} would "
                        f"be randomly initialised): set model.hf_checkpoint to a Hugging Face "
                        f"checkpoint directory, or model.allow_random_init=True to run on random "
                        f"weights anyway")
+    vocab = load_vocab(config)
     cfg = models.preset(m.preset, **compute)
     if vocab.vocab_size > cfg.vocab_size:
       cfg = cfg.replace(vocab_size=vocab.vocab_size)
@@ -98,7 +101,7 @@ def build_model(config, vocab):
   if vocab.vocab_size > model.cfg.vocab_size:
     raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
                      f"{model.cfg.vocab_size}")
-  return model
+  return model, vocab
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -155,21 +158,26 @@ def resolve_tasks(config):
 
 
 # ------------------------------------------------------------------------------ experiment
-def build(config, with_data: bool = True) -> Experiment:
-  """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) this host's
-  training iterator and eval batches."""
+def start(config):
+  """First thing every verb does: validate the config and, for a multi-host run, join the
+  cluster (before anything touches a JAX device: locks, checkpoints and models all do)."""
   validate(config)
   sharding.maybe_initialize_distributed(config.mesh.coordinator_address or None,
                                         config.mesh.num_processes or None,
                                         config.mesh.process_id)
+
+
+def build(config, with_data: bool = True) -> Experiment:
+  """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) this host's
+  training iterator and eval batches."""
+  start(config)
   train_task, eval_tasks = resolve_tasks(config)
   if with_data:
     for t in (train_task,) + eval_tasks:
       check_task(t, config.data.download)
-  vocab = load_vocab(config)
   mcfg = method_config(config)
   ocfg = optimizer_config(config, mcfg)
-  model = build_model(config, vocab)
+  model, vocab = build_model(config)
   methods_lib.attach(model, mcfg, tokenize=vocab.encode)
   interop.init_from(model, mcfg, config.method.init_from)  # a PEFT adapter or a prompt file
   mesh = sharding.make_mesh(tuple(config.mesh.shape))

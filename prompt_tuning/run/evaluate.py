@@ -11,7 +11,7 @@ import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import metrics, sharding
-from prompt_tuning.run.build import build, import_tasks, is_synthetic
+from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
 from prompt_tuning.run.validate import check_drift
 
 
@@ -66,6 +66,7 @@ def evaluate_all(exp, params) -> dict:
 
 def evaluate(config, step: int | None = None, allow_changed=()) -> dict:
   """Metrics of the checkpoint at ``step`` (default: latest) in ``config.output_dir``."""
+  start(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "evaluate")
   exp = build(config)

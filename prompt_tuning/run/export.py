@@ -19,7 +19,7 @@ from flax import nnx
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import interop, methods
-from prompt_tuning.run.build import build, model_reference
+from prompt_tuning.run.build import build, build_model, model_reference, start
 from prompt_tuning.run.validate import check_drift
 
 FORMATS = ("peft", "hf", "prompt")
@@ -31,6 +31,7 @@ def export(config, out_dir: str, fmt: str, step: int | None = None, allow_change
     raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
   if not out_dir:
     raise ValueError("export needs --out DIR")
+  start(config)
   config = copy.deepcopy(config)
   if "init_from" in config.method:
     config.method.init_from = ""   # the checkpoint holds the state; the start file may be gone
@@ -78,5 +79,4 @@ def _tokenizer_source(config, vocab) -> str | None:
 
 def _without_method(config):
   """The frozen base model of a preset run (built as the run builds it, no method attached)."""
-  from prompt_tuning.run.build import build_model, load_vocab
-  return build_model(config, load_vocab(config))
+  return build_model(config)[0]

@@ -13,7 +13,7 @@ import numpy as np
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data.pipeline import host_rows, round_up
-from prompt_tuning.run.build import build, model_reference
+from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import decode_by_index
 from prompt_tuning.run.validate import check_drift
 
@@ -34,6 +34,7 @@ def check_texts(texts) -> list[str]:
 
 def infer(config, texts, step: int | None = None, allow_changed=()) -> list[str]:
   texts = check_texts(texts)
+  start(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "infer")
   exp = build(config, with_data=False)

@@ -19,9 +19,10 @@ from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
 from prompt_tuning import flops as flops_lib
 from prompt_tuning import methods, runlock, sharding
-from prompt_tuning.run.build import build, model_reference
+from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import evaluate_all
 from prompt_tuning.run.validate import as_json, check_drift
+from prompt_tuning.trainer import global_norm
 
 
 class TrainingError(RuntimeError):
@@ -46,14 +47,14 @@ class DivergenceGuard:
 
   Diverged: the logged loss stays above ``factor`` times the lowest loss logged so far for
   ``patience`` logs in a row, or the trainable parameters' norm grows ``PARAM_GROWTH`` fold
-  from its first logged value (lr 1e30 with Adafactor's clipped updates keeps the loss finite
-  while prompts reach 1e30)."""
+  from its value at the start (lr 1e30 with Adafactor's clipped updates keeps everything
+  finite while prompts reach 1e30)."""
   PARAM_GROWTH = 1e4
 
-  def __init__(self, factor: float, patience: int):
+  def __init__(self, factor: float, patience: int, start_norm: float):
     self.factor, self.patience = factor, patience
     self.best_loss = math.inf
-    self.first_norm = None
+    self.first_norm = max(start_norm, 1e-12)
     self.bad = 0
 
   def check(self, step: int, loss: float, param_norm: float) -> str | None:
@@ -61,12 +62,10 @@ class DivergenceGuard:
       return f"loss became {loss} at step {step}"
     if not math.isfinite(param_norm):
       return f"parameters became non-finite at step {step}"
-    if self.first_norm is None:
-      self.first_norm = max(param_norm, 1e-12)
     if param_norm > self.PARAM_GROWTH * self.first_norm:
       growth = param_norm / self.first_norm
       return (f"parameters diverged at step {step} (norm {param_norm:.3g}, {growth:.3g} times "
-              f"its first value {self.first_norm:.3g})")
+              f"its value {self.first_norm:.3g} at the start)")
     self.bad = self.bad + 1 if loss > self.factor * self.best_loss else 0
     if self.bad >= self.patience:
       return (f"loss diverged at step {step} ({loss:.4g}, above {self.factor:g} x the best "
@@ -75,9 +74,24 @@ class DivergenceGuard:
     return None
 
 
+def restore_data_state(it, data_state, step: int, allow_changed):
+  """Puts the training iterator where the checkpoint's left it. Without a saved state
+  (checkpoints from before data states), or when data keys were changed on purpose, an
+  in-memory iterator is moved to ``step`` (its batches depend only on the step)."""
+  changed_data = any(k == "all" or k.startswith("data.") for k in allow_changed)
+  if data_state is not None and not changed_data:
+    it.set_state(data_state)
+  elif hasattr(it, "skip_to"):
+    it.skip_to(step)
+  else:
+    raise TrainingError(f"checkpoint step {step} has no usable data-iterator state, so the "
+                        f"streamed training data cannot resume where it stopped")
+
+
 def train(config, allow_changed=()) -> dict:
   """Runs (or resumes) training; returns the final evaluation metrics. Holds output_dir's run
   lock throughout: a second run writing the same output_dir is refused."""
+  start(config)
   with runlock.RunLock(config.output_dir):
     return _train(config, allow_changed)
 
@@ -100,13 +114,7 @@ def _train(config, allow_changed) -> dict:
   if ckpt.latest_step() is not None:
     check_drift(ckpt.read_meta().get("config", {}), config, allow_changed, "resume")
     state, _, data_state = ckpt.restore(state, with_data_state=True)
-    if data_state is not None:
-      exp.train_it.set_state(data_state)
-    elif hasattr(exp.train_it, "skip_to"):  # checkpoints from before data states
-      exp.train_it.skip_to(int(state.step))
-    else:
-      raise TrainingError(f"checkpoint step {int(state.step)} has no data-iterator state, so "
-                          f"the streamed training data cannot resume where it stopped")
+    restore_data_state(exp.train_it, data_state, int(state.step), allow_changed)
     if main:
       print(f"resumed from step {int(state.step)}", flush=True)
   if main:
@@ -116,7 +124,8 @@ def _train(config, allow_changed) -> dict:
   start = int(state.step)
   tb = events_lib.EventWriter(os.path.join(config.output_dir, "tensorboard")) if main else None
   bar = events_lib.Progress(tc.num_steps, start, enabled=main)
-  guard = DivergenceGuard(tc.divergence_factor, tc.divergence_patience)
+  guard = DivergenceGuard(tc.divergence_factor, tc.divergence_patience,
+                          float(global_norm(state.params)))
   base_fraction = trainer.num_base_trainable / max(trainer.num_base, 1)
   peak = flops_lib.peak_flops()
   t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
