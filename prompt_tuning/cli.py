@@ -27,6 +27,8 @@ def parse_flags(argv):
                             "stored in each run (inputs then are TASK::TEXT)", flag_values=fv)
   flags.DEFINE_list("allow_changed", [], "config keys deliberately changed from the stored run "
                     "(train resume, eval, infer); 'all' accepts any change", flag_values=fv)
+  flags.DEFINE_bool("rank", False, "`infer`: also rank the task's class labels by "
+                    "log-likelihood", flag_values=fv)
   flags.DEFINE_string("format", "", "`export`: peft | hf | prompt", flag_values=fv)
   flags.DEFINE_string("out", "", "`export`: output directory", flag_values=fv)
   fv(argv)
@@ -72,7 +74,7 @@ def execute(command: str, argv) -> int:
           pairs.append(tuple(text.split("::", 1)))
         result = {"outputs": infer.infer_mixed(config, runs, pairs, fv.step)}
       else:
-        result = {"outputs": infer.infer(config, fv.input, fv.step, fv.allow_changed)}
+        result = infer.infer(config, fv.input, fv.step, fv.allow_changed, fv.rank)
     elif command == "export":
       from prompt_tuning.run import export
       result = export.export(config, fv.out, fv.format, fv.step, fv.allow_changed)

@@ -154,6 +154,7 @@ class Trainer:
     self._train_pinned = False
     self._eval = jax.jit(self._eval_step)
     self._decode = jax.jit(self._decode_fn, static_argnums=(3,))
+    self._score = jax.jit(self._score_step)
 
   # ---------------------------------------------------------------------------- state
   def init_state(self) -> TrainState:
@@ -284,6 +285,15 @@ class Trainer:
       return {"loss_sum": loss_sum, "weight_sum": weight_sum,
               "seq_correct": jnp.sum(seq_correct), "count": jnp.sum(valid)}
 
+  def _score_step(self, params, frozen, batch):
+    """Log-likelihood of each row's targets (sum over its weighted target tokens)."""
+    with sharding.axis_rules(self.mesh, self.rules):
+      model = nnx.merge(self.graphdef, params, frozen)
+      logits, labels, weights = self._logits_and_labels(model, batch)
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+      token = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+      return jnp.sum(token * weights.astype(jnp.float32), axis=-1)
+
   def _decode_fn(self, params, frozen, batch, max_decode_len, prompts=None):
     self.trace_counts["decode"] += 1
     from prompt_tuning.models.core import greedy_decode
@@ -315,6 +325,11 @@ class Trainer:
     loss = float(tot["loss_sum"]) / max(float(tot["weight_sum"]), 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
             "sequence_accuracy": 100.0 * float(tot["seq_correct"]) / int(tot["count"])}
+
+  def score(self, params, batch: dict):
+    """Log-likelihood of every row's targets under the model, [B] (a global array on the
+    mesh; rank classification compares it across candidate targets)."""
+    return self._score(params, self.frozen, self.place(batch))
 
   def decode(self, params, batch: dict, max_decode_len: int, prompts=None) -> np.ndarray:
     """Greedy decoding. ``prompts`` [B, L, D] gives each example its own soft prompt (mixed-task

@@ -24,8 +24,8 @@ def test_mixed_batch_equals_per_task_inference(tmp_path):
   loop.train(b)
   texts_a = ["review: the teacher found a good box", "review: a sad farmer"]
   texts_b = ["copy: great awful poor", "copy: lovely sad"]
-  solo_a = infer.infer(a, texts_a)
-  solo_b = infer.infer(b, texts_b)
+  solo_a = infer.infer(a, texts_a)["outputs"]
+  solo_b = infer.infer(b, texts_b)["outputs"]
   pairs = [("sent", texts_a[0]), ("copy", texts_b[0]), ("copy", texts_b[1]), ("sent", texts_a[1])]
   mixed = infer.infer_mixed(a, {"sent": str(tmp_path / "a"), "copy": str(tmp_path / "b")},
                             pairs)

@@ -140,15 +140,15 @@ def test_domain_shift_training_run(tmp_path):
 
 
 def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
-  from prompt_tuning.run import build, loop
+  from prompt_tuning.run import loop
   from prompt_tuning.default_config import get_config
   with tfds.testing.mock_data(num_examples=16):
     # num_examples=0 / None means all of them, also for mixtures.
     assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", 0)) == 32
     assert len(tasks.text_examples("super_glue_rte+super_glue_cb", "validation", None)) == 32
-    plain = build.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0)
-    instr = build.task_examples("super_glue_rte+super_glue_cb", "validation", 4, 0,
-                                    instructions=True)
+    plain = tasks.text_examples("super_glue_rte+super_glue_cb", "validation", 4, seed=0)
+    instr = tasks.text_examples("super_glue_rte+super_glue_cb", "validation", 4, seed=0,
+                                instructions=True)
     # 4 examples split by the mixing rates (RTE 2490 : CB 250 training examples, at least one
     # each), interleaved by rate; nothing is cut to the shorter task.
     assert [e["inputs"].split(" ")[0] for e in plain] == ["rte", "cb", "rte", "rte"]

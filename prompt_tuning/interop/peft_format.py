@@ -195,19 +195,12 @@ def is_adapter_dir(path: str) -> bool:
 def read_adapter(path: str) -> tuple[dict, dict[str, np.ndarray]]:
   """(adapter_config.json, {tensor name: float32 array}) of a PEFT adapter directory."""
   from prompt_tuning.models import hf
-  fn = os.path.join(path, CONFIG)
-  try:
-    with open(fn) as f:
-      config = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{fn}: not valid JSON ({e})") from e
-  if not isinstance(config, dict):
-    raise ValueError(f"{fn}: expected a JSON object")
+  config = hf.read_json(os.path.join(path, CONFIG))
   weights = os.path.join(path, WEIGHTS)
   if os.path.exists(weights):
-    tensors = hf._read_safetensors(weights)
+    tensors = hf.read_safetensors(weights)
   elif os.path.exists(os.path.join(path, "adapter_model.bin")):
-    tensors = hf._read_torch(os.path.join(path, "adapter_model.bin"))
+    tensors = hf.read_torch(os.path.join(path, "adapter_model.bin"))
   else:
     raise FileNotFoundError(f"PEFT adapter {path!r} has no {WEIGHTS} (or adapter_model.bin)")
   return config, {k: np.asarray(v, np.float32) for k, v in tensors.items()}

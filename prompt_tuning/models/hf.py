@@ -41,6 +41,11 @@ def read_config(path: str) -> dict:
   fn = os.path.join(path, "config.json")
   if not os.path.isdir(path) or not os.path.exists(fn):
     raise FileNotFoundError(f"no config.json in checkpoint directory {path!r}")
+  return read_json(fn)
+
+
+def read_json(fn: str) -> dict:
+  """A JSON object file (config.json, adapter_config.json), or one clear CheckpointError."""
   try:
     with open(fn) as f:
       d = json.load(f)
@@ -76,13 +81,13 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(fn):
       raise FileNotFoundError(f"checkpoint shard {fn!r} is missing")
     if fn.endswith(".safetensors"):
-      out.update(_read_safetensors(fn))
+      out.update(read_safetensors(fn))
     else:
-      out.update(_read_torch(fn))
+      out.update(read_torch(fn))
   return out
 
 
-def _read_safetensors(fn: str) -> dict[str, np.ndarray]:
+def read_safetensors(fn: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError, safe_open
   try:
     with safe_open(fn, framework="numpy") as f:
@@ -113,7 +118,7 @@ def _read_safetensors_bf16(fn: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _read_torch(fn: str) -> dict[str, np.ndarray]:
+def read_torch(fn: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:  # pragma: no cover

@@ -11,8 +11,19 @@ import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import metrics, sharding
+from prompt_tuning.data import synthetic
 from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
 from prompt_tuning.run.validate import check_drift
+
+
+def label_set(name: str) -> tuple[str, ...]:
+  """The class labels of a classification task (empty: not one, e.g. ReCoRD, translation)."""
+  if is_synthetic(name):
+    return tuple(synthetic.CLASS_LABELS.get(name, ()))
+  if "+" in name:
+    return ()
+  spec = import_tasks().SPECS.get(name)
+  return tuple(spec.labels) if spec is not None else ()
 
 
 def score(name: str, examples: list[dict], predictions: list[str]) -> dict:
@@ -35,10 +46,40 @@ def decode_by_index(exp, params, batch: dict, prompts=None) -> dict[int, str]:
   return {int(i): exp.vocab.decode(p) for i, p in zip(index, pred) if i >= 0}
 
 
+def encode_labels(exp, labels) -> tuple[np.ndarray, np.ndarray]:
+  """Each label as a whole target row (EOS appended, never truncated): tokens and weights
+  [num_labels, T], T the longest label."""
+  ids = [list(exp.vocab.encode(label)) + [exp.vocab.eos_id] for label in labels]
+  t = max(len(x) for x in ids)
+  tokens = np.full((len(labels), t), exp.vocab.pad_id, np.int32)
+  weights = np.zeros((len(labels), t), np.float32)
+  for j, x in enumerate(ids):
+    tokens[j, :len(x)], weights[j, :len(x)] = x, 1.0
+  return tokens, weights
+
+
+def rank_by_index(exp, params, batch: dict, labels) -> dict[int, tuple[str, list[float]]]:
+  """Rank classification (T5X score_batch style): every row scored with each candidate label
+  as its target; {example index: (best label, [log-likelihood per label])}."""
+  tokens, weights = encode_labels(exp, labels)
+  n = len(batch["inputs"])
+  scores = []
+  for row, w in zip(tokens, weights):
+    b = {"inputs": batch["inputs"], "input_mask": batch["input_mask"],
+         "targets": np.tile(row, (n, 1)), "target_weights": np.tile(w, (n, 1))}
+    scores.append(sharding.gather(exp.trainer.score(params, b)))
+  scores = np.stack(scores, axis=1)
+  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh)["index"])
+  return {int(i): (labels[int(np.argmax(s))], s.tolist()) for i, s in zip(index, scores)
+          if i >= 0}
+
+
 def evaluate_set(exp, name: str, ev, params) -> dict:
   trainer = exp.trainer
+  labels = label_set(name)
   sums = None
   by_index: dict[int, tuple] = {}
+  ranked: dict[int, str] = {}
   for batch, raw in ev:
     out = {k: sharding.gather(v) for k, v in trainer.eval_step(params, batch).items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in out}
@@ -47,6 +88,9 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
                             sharding.allgather_objects(raw)))
     for i, text in decode_by_index(exp, params, batch).items():
       by_index[i] = (raw_by_index[i], text)
+    if labels:
+      ranked.update({i: best for i, (best, _) in rank_by_index(exp, params, batch,
+                                                               labels).items()})
   if sums is None or int(sums["count"]) == 0:
     raise ValueError(f"eval set {name!r} has no examples")
   order = sorted(by_index)
@@ -56,7 +100,11 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
   m = {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
        "sequence_accuracy": 100.0 * float(sums["seq_correct"]) / int(sums["count"]),
        "num_examples": len(order)}
-  m.update(score(name, [by_index[i][0] for i in order], [by_index[i][1] for i in order]))
+  examples = [by_index[i][0] for i in order]
+  m.update(score(name, examples, [by_index[i][1] for i in order]))
+  if labels:  # next to the decoded metrics: the same metrics of the rank-classified labels
+    m.update({f"rank_{k}": v for k, v in
+              score(name, examples, [ranked[i] for i in order]).items()})
   return m
 
 

@@ -14,7 +14,7 @@ from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
-from prompt_tuning.run.evaluate import decode_by_index
+from prompt_tuning.run.evaluate import decode_by_index, label_set, rank_by_index
 from prompt_tuning.run.validate import check_drift
 
 
@@ -32,7 +32,10 @@ def check_texts(texts) -> list[str]:
   return list(texts)
 
 
-def infer(config, texts, step: int | None = None, allow_changed=()) -> list[str]:
+def infer(config, texts, step: int | None = None, allow_changed=(),
+          rank: bool = False) -> dict:
+  """{"outputs": greedy decodes}; with ``rank``, also "ranked": each text's best class label of
+  the run's task by log-likelihood, and every label's score."""
   texts = check_texts(texts)
   start(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
@@ -40,7 +43,16 @@ def infer(config, texts, step: int | None = None, allow_changed=()) -> list[str]
   exp = build(config, with_data=False)
   state, _ = ckpt.restore(exp.trainer.init_state(), step)
   ckpt.close()
-  return decode_texts(exp, state.params, texts)
+  out = {"outputs": decode_texts(exp, state.params, texts)}
+  if rank:
+    labels = label_set(config.data.task)
+    if not labels:
+      raise ValueError(f"task {config.data.task!r} has no class labels to rank")
+    batch = host_batch(exp, texts)
+    ranked = rank_by_index(exp, state.params, batch, labels)
+    out["ranked"] = [{"label": ranked[i][0], "scores": dict(zip(labels, ranked[i][1]))}
+                     for i in range(len(texts))]
+  return out
 
 
 def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str]],
@@ -79,19 +91,26 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
   return decode_texts(exp, template, texts, prompts)
 
 
-def decode_texts(exp, params, texts, prompts=None) -> list[str]:
-  """Greedy decodes of ``texts`` (``prompts``: optional per-example soft prompts). The rows are
-  padded to a multiple of the data-parallel devices; each host decodes its share."""
+def host_batch(exp, texts) -> dict:
+  """This host's rows of the texts as a batch: the rows are padded to a multiple of the
+  data-parallel devices (padding repeats the last text, with index -1: never reported)."""
   cfg = exp.config
   n = len(texts)
   g = round_up(n, math.lcm(exp.mesh.shape["data"], jax.process_count()))
   ex = [{"inputs": t, "targets": ""} for t in texts]
   arr = arrays_lib.encode_examples(ex, exp.vocab, cfg.data.max_input_length, 1,
                                    cfg.data.truncate)
-  start, stop = host_rows(g, jax.process_count(), jax.process_index())
-  rows = np.arange(start, stop)
-  take = np.minimum(rows, n - 1)   # padding rows repeat the last input; never reported
-  batch = {"inputs": arr["inputs"][take], "input_mask": arr["input_mask"][take],
-           "index": np.where(rows < n, rows, -1).astype(np.int32)}
-  by_index = decode_by_index(exp, params, batch, None if prompts is None else prompts[take])
-  return [by_index[i] for i in range(n)]
+  first, stop = host_rows(g, jax.process_count(), jax.process_index())
+  rows = np.arange(first, stop)
+  take = np.minimum(rows, n - 1)
+  return {"inputs": arr["inputs"][take], "input_mask": arr["input_mask"][take],
+          "index": np.where(rows < n, rows, -1).astype(np.int32), "take": take}
+
+
+def decode_texts(exp, params, texts, prompts=None) -> list[str]:
+  """Greedy decodes of ``texts`` (``prompts``: optional per-example soft prompts); each host
+  decodes its share of the rows."""
+  batch = host_batch(exp, texts)
+  by_index = decode_by_index(exp, params, batch,
+                             None if prompts is None else prompts[batch["take"]])
+  return [by_index[i] for i in range(len(texts))]
