@@ -737,18 +737,24 @@ class LanguageModel(nnx.Module):
     self.prompt_layout = PromptLayout()
 
   # -------------------------------------------------------------- soft prompt slot
-  def set_prompt(self, value, *, placement: str = "prefix", scope: str = "encoder"):
+  def set_prompt(self, value, *, placement: str | None = None, scope: str | None = None):
     """Attaches a trainable soft prompt [parts * length, d_model] (float32): one block of
-    vectors per prompted stack, the encoder's first (see :class:`PromptLayout`)."""
+    vectors per prompted stack, the encoder's first (see :class:`PromptLayout`). ``placement``
+    and ``scope`` default to the current layout's; with per-task prompts attached, ``value``
+    replaces the shared prompt (same shape)."""
     value = jnp.asarray(value, jnp.float32)
     if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
       raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
-    layout = self._prompt_layout(placement, scope, "add")
+    old = self.prompt_layout
+    layout = self._prompt_layout(old.placement if placement is None else placement,
+                                 old.scope if scope is None else scope, old.combine)
     if value.shape[0] % layout.parts:
       raise ValueError(f"scope='both' prompts hold an encoder and a decoder block of one length; "
                        f"got {value.shape[0]} vectors")
+    if self.task_prompts is not None and (value.shape != self.prompt.shape or layout != old):
+      raise ValueError(f"this model has per-task prompts: a new shared prompt must keep shape "
+                       f"{tuple(self.prompt.shape)} and the layout; got {tuple(value.shape)}")
     self.prompt = PromptParam(value, axes=("prompt", "embed"))
-    self.task_prompts = nnx.data(None)
     self.prompt_layout = layout
 
   def set_task_prompts(self, shared, table, *, combine: str = "add", placement: str = "prefix",
