@@ -32,8 +32,8 @@ PACKED_ENC_DEC = ("input_segment_ids", "input_positions", "target_segment_ids",
 # What the steps read; anything else a data pipeline adds (example indices, raw text) stays on
 # the host.
 MODEL_KEYS = frozenset(("inputs", "input_mask", "targets", "target_weights", "tokens",
-                        "token_mask", "segment_ids", "positions", "loss_weights", "valid")
-                       + PACKED_ENC_DEC)
+                        "token_mask", "segment_ids", "positions", "loss_weights", "valid",
+                        "task_ids") + PACKED_ENC_DEC)
 
 
 @struct.dataclass
