@@ -39,10 +39,13 @@ def in_memory_sources(task: str, split: str, vocab, feature_lengths: dict, num_e
                       truncate: bool = False) -> tuple[list, list[float]]:
   """Tokenized examples of each task of ``task`` (one, or a mixture's) and their rates."""
   S, T = feature_lengths["inputs"], feature_lengths["targets"]
-  if task in synthetic.TASKS:
-    ex = synthetic.get_examples(task, num_examples,
-                                seed + (0 if split == "train" else EVAL_SEED_OFFSET))
-    return [pipeline.tokenize_examples(ex, vocab, S, T, truncate, task)], [1.0]
+  parts = synthetic.mixture_parts(task)
+  if parts:   # one synthetic task, or a "+" mixture of them (num_examples split evenly)
+    k = len(parts)
+    shares = [num_examples // k + (i < num_examples % k) for i in range(k)]
+    s = seed + (0 if split == "train" else EVAL_SEED_OFFSET)
+    return ([pipeline.tokenize_examples(synthetic.get_examples(t, n, s), vocab, S, T, truncate, t)
+             for t, n in zip(parts, shares)], [1.0] * k)
   tasks = _seqio_tasks()
   subs = tasks.mixture_tasks(task)
   rates = [r for _, r in subs]
@@ -82,7 +85,7 @@ def train_iterator(task: str, *, vocab, feature_lengths: dict, global_batch_size
   tasks are re-registered to tokenize with it) and ignores ``truncate`` (seqio trims and keeps
   EOS). In memory, a sequence longer than ``feature_lengths`` is an error unless ``truncate``.
   """
-  if task in synthetic.TASKS:
+  if synthetic.mixture_parts(task):
     stream = False
     if not num_examples:
       raise ValueError(f"synthetic task {task!r} needs num_examples > 0")
@@ -125,7 +128,7 @@ def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: 
   same on every host). ``pad_to_multiple``: e.g. ``jax.device_count()``."""
   kw = dict(feature_lengths=feature_lengths, num_processes=num_processes,
             process_index=process_index, pad_to_multiple=pad_to_multiple)
-  if task in synthetic.TASKS:
+  if synthetic.mixture_parts(task):
     stream = False
   elif stream is None:   # per-example task ids: in memory (the streamed sets lack them)
     stream = _spm_path(vocab) is not None and not task_names
