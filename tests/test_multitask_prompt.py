@@ -198,17 +198,6 @@ def test_prompt_transfer_restores_the_other_runs_prompt_exactly(tmp_path):
   methods.attach(m, methods.make("prompt", length=4, tasks=("x", "y"),
                                  init_from_run=str(tmp_path / "a")))
   np.testing.assert_array_equal(np.asarray(m.prompt[...]), src["prompt"])
-  # Through the run config (the build step attaches the method).
-  from prompt_tuning.default_config import get_config
-  from prompt_tuning.run import build
-  c = get_config()
-  c.unlock()
-  c.output_dir = str(tmp_path / "b")
-  c.method.prompt.update(length=4, init_from_run=str(tmp_path / "a"))
-  c.lock()
-  exp = build.build(c, with_data=False)
-  (got,) = jax.tree.leaves(exp.trainer.init_state().params)
-  np.testing.assert_array_equal(np.asarray(got), src["prompt"])
   # A multi-task source gives its shared prompt.
   multi = save_run(str(tmp_path / "m"), methods.make("prompt", length=4, tasks=TASKS), steps=0)
   np.testing.assert_array_equal(prompt_lib.init_prompt_from_run(str(tmp_path / "m")),
@@ -221,3 +210,62 @@ def test_prompt_transfer_restores_the_other_runs_prompt_exactly(tmp_path):
   save_run(str(tmp_path / "l"), methods.make("lora", targets=("q",)), steps=0)
   with pytest.raises(ValueError, match="not a prompt-tuning run"):
     prompt_lib.init_prompt_from_run(str(tmp_path / "l"))
+
+
+# ------------------------------------------------------------------------------ run layer
+def run_config(out, task="synthetic_sentiment+synthetic_copy", **prompt):
+  from prompt_tuning.default_config import get_config
+  c = get_config()
+  c.unlock()
+  c.output_dir = str(out)
+  c.method.prompt.update(**dict(dict(length=4), **prompt))
+  c.data.update(task=task, num_train=64, num_eval=16)
+  c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=4,
+                 eval_batch_size=16)
+  c.lock()
+  return c
+
+
+def test_a_multi_task_run_trains_and_evaluates_each_row_with_its_task(tmp_path):
+  """The run layer: a synthetic mixture's batches carry task_ids (train and eval), the method's
+  tasks name them, a second run transfers the first one's shared prompt."""
+  from prompt_tuning.run import build, loop
+  c = run_config(tmp_path / "mt", tasks=TASKS, combine="concat", shared_length=2,
+                 placement="before_eos", scope="both")
+  exp = build.build(c)
+  b = next(exp.train_it)
+  first = vocab().encode("review:")[0]
+  np.testing.assert_array_equal(b["task_ids"], np.where(b["inputs"][:, 0] == first, 0, 1))
+  (ev, _), = list(exp.eval_sets["synthetic_sentiment+synthetic_copy"])
+  assert ev["task_ids"].tolist() == [0] * 8 + [1] * 8
+  res = loop.train(c)
+  assert res["eval"]["synthetic_sentiment+synthetic_copy"]["num_examples"] == 16
+  shared = prompt_lib.init_prompt_from_run(str(tmp_path / "mt"))
+  assert shared.shape == (4, D)   # 2 vectors per stack
+  c2 = run_config(tmp_path / "next", task="synthetic_copy", length=2, scope="both",
+                  placement="before_eos", init_from_run=str(tmp_path / "mt"))
+  (p,) = jax.tree.leaves(build.build(c2, with_data=False).trainer.init_state().params)
+  np.testing.assert_array_equal(np.asarray(p), shared)
+
+
+def test_layouts_other_tools_cannot_hold_are_refused(tmp_path):
+  from prompt_tuning import interop
+  from prompt_tuning.run import infer
+  m = models.build(models.preset("tiny"))
+  methods.attach(m, methods.make("prompt", length=2, placement="before_eos"))
+  with pytest.raises(ValueError, match="export it as a prompt file"):
+    interop.export_peft(m, methods.make("prompt", length=2), str(tmp_path / "peft"))
+  m = models.build(models.preset("tiny"))
+  methods.attach(m, methods.make("prompt", length=2, tasks=TASKS))
+  with pytest.raises(ValueError, match="not one prompt file"):
+    interop.export_prompt(m, str(tmp_path / "file"))
+  # Mixed-task inference: every run's prompt must have the config's layout.
+  from prompt_tuning.run.build import model_reference
+  c = run_config(tmp_path / "x", task="synthetic_copy", placement="before_eos")
+  ck = checkpoint.Checkpointer(str(tmp_path / "prefix_run" / "checkpoints"))
+  tr = make_trainer(methods.make("prompt", length=4))
+  ck.save(tr.init_state(), {"method": methods.describe(methods.make("prompt", length=4)),
+                            "model": model_reference(c)})
+  ck.close()
+  with pytest.raises(ValueError, match="share one layout"):
+    infer.infer_mixed(c, {"copy": str(tmp_path / "prefix_run")}, [("copy", "copy: x")])
