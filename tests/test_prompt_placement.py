@@ -90,7 +90,8 @@ def enc_dec_by_hand(m, ids, mask, dec_in, value, placement, scope):
                                       seg))[:, pd:]
 
 
-CASES = ([(f, pl, sc) for f in ENC_DEC for pl in PLACEMENTS for sc in ("encoder", "decoder", "both")]
+SCOPES = ("encoder", "decoder", "both")
+CASES = ([(f, pl, sc) for f in ENC_DEC for pl in PLACEMENTS for sc in SCOPES]
          + [(f, pl, "encoder") for f in DEC_ONLY for pl in PLACEMENTS])
 
 

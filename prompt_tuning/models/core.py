@@ -948,11 +948,15 @@ class EncoderDecoderLM(LanguageModel):
     p = dec_prompts.shape[1]
     y = jnp.concatenate([dec_prompts.astype(y.dtype), y], axis=1)
     pos = jnp.broadcast_to(jnp.arange(p + t)[None], (b, p + t))
-    return self.decode_embedded(y, jnp.ones((b, p + t), jnp.int32), pos, enc, enc_segment_ids,
-                                rng)[:, p:]
+    h = self._decoder_hidden(y, jnp.ones((b, p + t), jnp.int32), pos, enc, enc_segment_ids, rng)
+    return self.logits(h[:, p:])
 
   def decode_embedded(self, y, segment_ids, positions, enc, enc_segment_ids, rng=None):
     """Teacher-forced decoder logits [B, L, V] over already embedded decoder inputs y."""
+    return self.logits(self._decoder_hidden(y, segment_ids, positions, enc, enc_segment_ids,
+                                            rng))
+
+  def _decoder_hidden(self, y, segment_ids, positions, enc, enc_segment_ids, rng=None):
     t = y.shape[1]
     self.decoder.check_length(t)
     idx = jnp.arange(t)[None]
@@ -963,7 +967,7 @@ class EncoderDecoderLM(LanguageModel):
         window_mask=None if window is None else causal_mask(idx, idx, window) & self_mask,
         cross_mask=segment_mask(segment_ids, enc_segment_ids))
     h, _ = self.decoder(y, inp, positions=positions, rng=rng)
-    return self.logits(h)
+    return h
 
   def __call__(self, inputs, input_mask, decoder_inputs, prompts=None, rng=None, task_ids=None,
                **packing):
@@ -1045,20 +1049,24 @@ class DecoderOnlyLM(LanguageModel):
     """tokens [B, L] (right-padded, or packed with segment_ids/positions) -> logits [B, L, V]
     (at each token's own hidden state, wherever the prompt was inserted)."""
     x, seg, pos, p, at = self._inputs(tokens, mask, segment_ids, positions, prompts, task_ids)
-    logits = self.forward_embedded(x, seg, pos, rng)
+    h = self._hidden(x, seg, pos, rng)
     if not p or self.prompt_layout.placement == "prefix":
-      return logits[:, p:]
-    idx = token_index(at, p, tokens.shape[1])
-    return jnp.take_along_axis(logits, idx[..., None], axis=1)
+      return self.logits(h[:, p:])
+    # The token positions' hidden states only (the head never runs on the prompt's).
+    return self.logits(jnp.take_along_axis(h, token_index(at, p, tokens.shape[1])[..., None],
+                                           axis=1))
 
   def forward_embedded(self, x, segment_ids, positions, rng=None):
     """Logits [B, L, V] at every position of already embedded inputs x [B, L, D]."""
+    return self.logits(self._hidden(x, segment_ids, positions, rng))
+
+  def _hidden(self, x, segment_ids, positions, rng=None):
     self.decoder.check_length(x.shape[1])
     idx = jnp.arange(x.shape[1])[None]
     m, wm = self._masks(segment_ids, idx, idx)
     h, _ = self.decoder(x, AttentionInputs(mask=m, window_mask=wm, positions=positions),
                         positions=positions, rng=rng)
-    return self.logits(h)
+    return h
 
   # -------------------------------------------------------------- cached decoding
   def prefill(self, tokens, mask, max_new: int, prompts=None, task_ids=None):
