@@ -427,6 +427,14 @@ class _Meta:
   integrity: dict | None      # None: written before integrity checks
 
 
+@dataclasses.dataclass
+class _Arrays:
+  """A template state made of plain nested dicts (see :meth:`Checkpointer.read_params`)."""
+  step: Any
+  params: Any
+  opt_state: Any
+
+
 # ------------------------------------------------------------------------------ Checkpointer
 class Checkpointer:
   """Saves / restores ``TrainState`` (trainable part only) under ``directory``.
@@ -763,6 +771,29 @@ class Checkpointer:
       return (state, meta, blob) if with_data_state else (state, meta)
     self._newest_first()  # every candidate failed: raises, naming each step and why
     raise AssertionError("unreachable")
+
+  def read_params(self, step: int | None = None) -> dict:
+    """The trainable params of ``step`` (default: the newest usable step, falling back as
+    :meth:`restore` does) as a nested dict of numpy arrays, without a template: the structure,
+    shapes and dtypes come from the step's integrity record. For reading another run's state
+    (prompt transfer); checkpoints from before integrity records cannot be read this way."""
+    at = self._newest_first()[0] if step is None else step
+    try:
+      rec = self._meta_for(at).integrity
+    except _Corrupt as e:
+      raise self._unusable(at, e) from None
+    if rec is None:
+      raise CheckpointError(f"{self.directory}: checkpoint without integrity records; restore "
+                            f"it with a template state instead")
+    tree: dict = {}
+    for key, (dtype, shape, _) in rec["arrays"].items():
+      node, parts = tree, key.split("/")
+      for k in parts[:-1]:
+        node = node.setdefault(k, {})
+      node[parts[-1]] = np.zeros(shape, dtype)
+    state, _ = self.restore(_Arrays(step=tree["step"], params=tree.get("params", {}),
+                                    opt_state=tree.get("opt_state", {})), step)
+    return jax.tree.map(np.asarray, state.params)
 
   def _restore_verified(self, step: int, m: _Meta, tmpl: dict, with_data_state: bool):
     d = self._path(step)

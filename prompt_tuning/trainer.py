@@ -7,7 +7,8 @@ A batch is a dict of arrays (see the data layer):
   ``target_segment_ids``, ``target_positions``. Decoder-only models take the same unpacked
   batch (concatenated here, loss on the targets only) or a packed one: ``tokens``,
   ``segment_ids``, ``positions``, ``loss_weights``. Evaluation batches may mark padding rows
-  with ``valid`` [B] = False; they never count.
+  with ``valid`` [B] = False; they never count. ``task_ids`` [B] int32 (optional) picks each
+  row's prompt of a model with per-task prompts.
 
 The Trainer knows neither the model family nor the tuning method: the method registry gives the
 trainable filter, the default optimizer and the extra encoder length.
@@ -31,8 +32,8 @@ PACKED_ENC_DEC = ("input_segment_ids", "input_positions", "target_segment_ids",
 # What the steps read; anything else a data pipeline adds (example indices, raw text) stays on
 # the host.
 MODEL_KEYS = frozenset(("inputs", "input_mask", "targets", "target_weights", "tokens",
-                        "token_mask", "segment_ids", "positions", "loss_weights", "valid")
-                       + PACKED_ENC_DEC)
+                        "token_mask", "segment_ids", "positions", "loss_weights", "valid",
+                        "task_ids") + PACKED_ENC_DEC)
 
 
 @struct.dataclass
@@ -95,8 +96,9 @@ def to_decoder_only(batch: dict) -> dict:
     weights[i, in_len[i]:in_len[i] + t_len[i]] = tgt_w[i, :t_len[i]]
   real = np.arange(s + t)[None] < (in_len + t_len)[:, None]
   out = {"tokens": tokens, "token_mask": real.astype(np.int32), "loss_weights": weights}
-  if "valid" in batch:
-    out["valid"] = batch["valid"]
+  for k in ("valid", "task_ids"):
+    if k in batch:
+      out[k] = batch[k]
   return out
 
 
@@ -135,6 +137,7 @@ class Trainer:
     self.dropout_seed = dropout_seed
     self.max_encoder_length = max_encoder_length
     self.extra_length = impl.extra_encoder_length(method)
+    self.num_tasks = getattr(model, "num_prompt_tasks", 0)   # per-task prompts (task_ids)
     self.decoder_only = not self.cfg.is_encoder_decoder
     # Pre-trained weights in total and among the trainable ones (full / layers tuning): the
     # share of weight gradients in the step's FLOPs.
@@ -197,6 +200,9 @@ class Trainer:
       ids = np.asarray(batch[k])
       if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
         raise ValueError(f"batch[{k!r}] has token ids outside [0, {self.cfg.vocab_size})")
+    ids = np.asarray(batch.get("task_ids", []))
+    if self.num_tasks and ids.size and (ids.min() < 0 or ids.max() >= self.num_tasks):
+      raise ValueError(f"batch['task_ids'] has ids outside [0, {self.num_tasks})")
 
   def place(self, batch: dict, for_decode: bool = False):
     """Validates a host batch, converts it for the model's architecture and puts it on the
@@ -205,26 +211,27 @@ class Trainer:
                            self.cfg.pad_token_id)
     self.check_batch(batch)
     if for_decode:  # decoding reads only the (right-padded) inputs
-      batch = {k: batch[k] for k in ("inputs", "input_mask")}
+      batch = {k: batch[k] for k in ("inputs", "input_mask", "task_ids") if k in batch}
     elif self.decoder_only and "tokens" not in batch:
       batch = to_decoder_only(batch)
     return sharding.shard_batch(batch, self.mesh)
 
   def _logits_and_labels(self, model, batch, rng=None):
     """(logits, labels, weights) for either architecture."""
+    task = {"task_ids": batch["task_ids"]} if "task_ids" in batch else {}
     if self.decoder_only:
       if "segment_ids" in batch:   # packed
         logits = model(batch["tokens"], rng=rng, segment_ids=batch["segment_ids"],
-                       positions=batch["positions"])
+                       positions=batch["positions"], **task)
       else:
-        logits = model(batch["tokens"], batch["token_mask"], rng=rng)
+        logits = model(batch["tokens"], batch["token_mask"], rng=rng, **task)
       # Position i predicts token i+1; loss_weights[:, i+1] says whether that token counts
       # (0 on inputs, padding and the first token of every packed segment).
       return logits[:, :-1], batch["tokens"][:, 1:], batch["loss_weights"][:, 1:]
     packing = {k: batch[k] for k in PACKED_ENC_DEC if k in batch}
     dec_in = shift_right(batch["targets"], self.cfg.decoder_start_token_id,
                          packing.get("target_segment_ids"))
-    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng, **packing)
+    logits = model(batch["inputs"], batch["input_mask"], dec_in, rng=rng, **task, **packing)
     return logits, batch["targets"], batch["target_weights"]
 
   # ---------------------------------------------------------------------------- steps
@@ -300,7 +307,7 @@ class Trainer:
     with sharding.axis_rules(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params, frozen)
       return greedy_decode(model, batch["inputs"], batch["input_mask"], max_decode_len,
-                           prompts=prompts)
+                           prompts=prompts, task_ids=batch.get("task_ids"))
 
   # ---------------------------------------------------------------------------- public API
   def step(self, state: TrainState, placed_batch):
@@ -333,7 +340,8 @@ class Trainer:
 
   def decode(self, params, batch: dict, max_decode_len: int, prompts=None) -> np.ndarray:
     """Greedy decoding. ``prompts`` [B, L, D] gives each example its own soft prompt (mixed-task
-    batches on one frozen model); by default the model's own prompt, if any, is used."""
+    batches on one frozen model); by default the model's own prompt, if any, is used (per-task
+    prompts: each row's by ``batch["task_ids"]``)."""
     if max_decode_len <= 0:
       raise ValueError(f"max_decode_length must be positive, got {max_decode_len}")
     b = dict(batch)

@@ -10,6 +10,10 @@ for any task name (synthetic, registered seqio task or mixture, "taskA+taskB").
 Both kinds of training iterator have ``next(it)``, ``it.get_state() -> bytes`` and
 ``it.set_state(bytes)``. Both kinds of eval batches yield ``(batch, raw)`` with ``batch["valid"]``
 and ``batch["index"]``. See :func:`train_iterator` and :func:`eval_batches`.
+
+``task_names`` (per-task prompts, ``method.prompt.tasks``): in-memory batches then carry
+``task_ids`` [B], each row's task's index in ``task_names`` (every task of the mixture must be
+named there).
 """
 from __future__ import annotations
 
@@ -35,10 +39,13 @@ def in_memory_sources(task: str, split: str, vocab, feature_lengths: dict, num_e
                       truncate: bool = False) -> tuple[list, list[float]]:
   """Tokenized examples of each task of ``task`` (one, or a mixture's) and their rates."""
   S, T = feature_lengths["inputs"], feature_lengths["targets"]
-  if task in synthetic.TASKS:
-    ex = synthetic.get_examples(task, num_examples,
-                                seed + (0 if split == "train" else EVAL_SEED_OFFSET))
-    return [pipeline.tokenize_examples(ex, vocab, S, T, truncate, task)], [1.0]
+  parts = synthetic.mixture_parts(task)
+  if parts:   # one synthetic task, or a "+" mixture of them (num_examples split evenly)
+    k = len(parts)
+    shares = [num_examples // k + (i < num_examples % k) for i in range(k)]
+    s = seed + (0 if split == "train" else EVAL_SEED_OFFSET)
+    return ([pipeline.tokenize_examples(synthetic.get_examples(t, n, s), vocab, S, T, truncate, t)
+             for t, n in zip(parts, shares)], [1.0] * k)
   tasks = _seqio_tasks()
   subs = tasks.mixture_tasks(task)
   rates = [r for _, r in subs]
@@ -51,12 +58,25 @@ def in_memory_sources(task: str, split: str, vocab, feature_lengths: dict, num_e
   return sources, rates
 
 
+def source_task_ids(sources, task_names) -> list[int] | None:
+  """The id (index in ``task_names``) of each source's task; None without ``task_names``."""
+  if not task_names:
+    return None
+  names = list(task_names)
+  unknown = [s.name for s in sources if s.name not in names]
+  if unknown:
+    raise ValueError(f"task(s) {unknown} of the data are not among the prompt tasks {names} "
+                     f"(method.prompt.tasks)")
+  return [names.index(s.name) for s in sources]
+
+
 def train_iterator(task: str, *, vocab, feature_lengths: dict, global_batch_size: int,
                    seed: int = 0, num_examples: int = 0, few_shot: bool = False,
                    instructions: bool = False, truncate: bool = False, pack: bool = False,
                    model_type: str = ENCODER_DECODER, packed_length: int | None = None,
                    num_processes: int = 1, process_index: int = 0, stream: bool | None = None,
-                   shuffle_buffer_size: int | None = None, use_cached: bool | None = None):
+                   shuffle_buffer_size: int | None = None, use_cached: bool | None = None,
+                   task_names=None):
   """The per-host training iterator of ``task``.
 
   ``num_examples`` > 0 takes that many training examples (a mixture: split by its rates; with
@@ -65,13 +85,16 @@ def train_iterator(task: str, *, vocab, feature_lengths: dict, global_batch_size
   tasks are re-registered to tokenize with it) and ignores ``truncate`` (seqio trims and keeps
   EOS). In memory, a sequence longer than ``feature_lengths`` is an error unless ``truncate``.
   """
-  if task in synthetic.TASKS:
+  if synthetic.mixture_parts(task):
     stream = False
     if not num_examples:
       raise ValueError(f"synthetic task {task!r} needs num_examples > 0")
   elif stream is None:
     stream = not num_examples
   if stream:
+    if task_names:
+      raise ValueError("per-example task ids (method.prompt.tasks) need in-memory data for now; "
+                       "set num_examples")
     path = _spm_path(vocab)
     if path is None:
       raise ValueError(f"streaming {task!r} through seqio needs a SentencePiece vocabulary; "
@@ -91,24 +114,27 @@ def train_iterator(task: str, *, vocab, feature_lengths: dict, global_batch_size
   return pipeline.InMemoryIterator(
       sources, global_batch_size, feature_lengths=feature_lengths, rates=rates, seed=seed,
       pack=pack, model_type=model_type, packed_length=packed_length,
-      num_processes=num_processes, process_index=process_index)
+      num_processes=num_processes, process_index=process_index,
+      task_ids=source_task_ids(sources, task_names))
 
 
 def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: int,
                  num_examples: int = 0, seed: int = 0, instructions: bool = False,
                  truncate: bool = False, num_processes: int = 1, process_index: int = 0,
                  pad_to_multiple: int = 1, split: str = "validation",
-                 stream: bool | None = None):
+                 stream: bool | None = None, task_names=None):
   """Per-host eval batches of ``task``: every example of the split (the first
   ``num_examples``) exactly once; iterate for ``(batch, raw)`` pairs (``len()`` batches, the
   same on every host). ``pad_to_multiple``: e.g. ``jax.device_count()``."""
   kw = dict(feature_lengths=feature_lengths, num_processes=num_processes,
             process_index=process_index, pad_to_multiple=pad_to_multiple)
-  if task in synthetic.TASKS:
+  if synthetic.mixture_parts(task):
     stream = False
-  elif stream is None:
-    stream = _spm_path(vocab) is not None
+  elif stream is None:   # per-example task ids: in memory (the streamed sets lack them)
+    stream = _spm_path(vocab) is not None and not task_names
   if stream:
+    if task_names:
+      raise ValueError("per-example task ids (method.prompt.tasks) need in-memory data for now")
     from prompt_tuning.data import seqio_pipeline
     return seqio_pipeline.SeqioEvalBatches(
         task, global_batch_size, split=split, instructions=instructions,
@@ -122,4 +148,7 @@ def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: 
         [s.targets(i) for s in sources for i in range(len(s))], raw, task, sources[0].pad_id)
   else:
     merged = sources[0]
+  ids = source_task_ids(sources, task_names)
+  if ids is not None:
+    kw["task_ids"] = [i for s, i in zip(sources, ids) for _ in range(len(s))]
   return pipeline.EvalBatches(merged, global_batch_size, **kw)

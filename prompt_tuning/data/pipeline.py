@@ -359,6 +359,8 @@ class InMemoryIterator:
     num_processes, process_index: this host's share: rows [p*B/P, (p+1)*B/P).
     start_step: the first step (a run that resumes without a saved state: packed streams are
       replayed from step 0, unpacked ones jump there directly).
+    task_ids: one int per source: unpacked batches then carry ``task_ids`` [B] int32, the id of
+      each row's source (per-task prompts; a packed row would mix tasks, so not with ``pack``).
 
   The batch of step s is a pure function of (sources, options, seed, s); it does not depend on
   the number of processes, so a state saved with P processes restores with any other P.
@@ -368,10 +370,16 @@ class InMemoryIterator:
                rates: Sequence[float] | None = None, seed: int = 0, pack: bool = False,
                model_type: str = ENCODER_DECODER, packed_length: int | None = None,
                num_processes: int = 1, process_index: int = 0, shuffle: bool = True,
-               max_pending: int | None = None, start_step: int = 0):
+               max_pending: int | None = None, start_step: int = 0,
+               task_ids: Sequence[int] | None = None):
     if isinstance(sources, TokenizedExamples):
       sources = [sources]
     self.sources = list(sources)
+    self.task_ids = None if task_ids is None else np.asarray(task_ids, np.int32)
+    if self.task_ids is not None and (pack or self.task_ids.shape != (len(self.sources),)):
+      raise ValueError("task_ids need one id per source and unpacked rows (a packed row mixes "
+                       f"tasks); got {list(task_ids)} for {len(self.sources)} sources, "
+                       f"pack={pack}")
     if model_type not in (ENCODER_DECODER, DECODER_ONLY):
       raise ValueError(f"model_type must be {ENCODER_DECODER!r} or {DECODER_ONLY!r}, got "
                        f"{model_type!r}")
@@ -457,6 +465,8 @@ class InMemoryIterator:
           batch = {k: np.zeros((len(pos),) + v.shape[1:], v.dtype) for k, v in part.items()}
         for k, v in part.items():
           batch[k][sel] = v
+      if self.task_ids is not None:
+        batch["task_ids"] = self.task_ids[task]
     else:
       rows = self.packer.pack()[self.start:self.stop]
       flat = np.asarray([p for r in rows for p in r], np.int64)
@@ -473,7 +483,8 @@ class InMemoryIterator:
     return {"sizes": [len(s) for s in self.sources], "weights": self.weights.tolist(),
             "seed": self.seed, "global_batch_size": self.global_batch_size, "pack": self.pack,
             "model_type": self.model_type, "lengths": [self.S, self.T, self.packed_length],
-            "shuffle": self.shuffle}
+            "shuffle": self.shuffle,
+            **({} if self.task_ids is None else {"task_ids": self.task_ids.tolist()})}
 
   def get_state(self) -> bytes:
     header = {"kind": "in_memory", "step": self.step, "options": self._options()}
@@ -508,13 +519,17 @@ class EvalBatches:
   ``[k*G, (k+1)*G)`` and host p its rows ``[p*G/P, (p+1)*G/P)``. Rows past the end are padding:
   ``valid`` False, zero tokens and weights, ``index`` -1. All hosts yield the same number of
   batches. Iterating yields ``(batch, raw)`` where ``raw`` lists the untokenized example dicts
-  of this host's valid rows, in row order (what the task metrics need).
+  of this host's valid rows, in row order (what the task metrics need). ``task_ids`` (one int
+  per example) adds a ``task_ids`` [B] feature (0 on padding rows).
   """
 
   def __init__(self, examples: TokenizedExamples, global_batch_size: int, *,
                feature_lengths: dict, num_processes: int = 1, process_index: int = 0,
-               pad_to_multiple: int = 1):
+               pad_to_multiple: int = 1, task_ids: Sequence[int] | None = None):
     self.examples = examples
+    self.task_ids = None if task_ids is None else np.asarray(task_ids, np.int32)
+    if self.task_ids is not None and self.task_ids.shape != (len(examples),):
+      raise ValueError(f"{len(self.task_ids)} task ids for {len(examples)} examples")
     self.global_batch_size = round_up(global_batch_size,
                                       math.lcm(max(pad_to_multiple, 1), num_processes))
     self.start, self.stop = host_rows(self.global_batch_size, num_processes, process_index)
@@ -536,6 +551,9 @@ class EvalBatches:
         batch[key][~valid] = self.examples.pad_id
       batch["valid"] = valid
       batch["index"] = np.where(valid, index, -1).astype(np.int32)
+      if self.task_ids is not None:
+        batch["task_ids"] = np.where(valid, self.task_ids[np.where(valid, index, 0)],
+                                     0).astype(np.int32)
       raw = [self.examples.raw[i] for i in index[valid]] if self.examples.raw is not None \
           else [None] * int(valid.sum())
       yield batch, raw

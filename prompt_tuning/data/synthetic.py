@@ -39,6 +39,13 @@ TASKS = {"synthetic_sentiment": sentiment_examples, "synthetic_copy": copy_first
 CLASS_LABELS = {"synthetic_sentiment": ("positive", "negative")}
 
 
+def mixture_parts(name: str) -> list[str] | None:
+  """The synthetic tasks of ``name``: one task, or an ad-hoc mixture "taskA+taskB" of synthetic
+  tasks (equal rates); None when ``name`` is not synthetic."""
+  parts = name.split("+")
+  return parts if all(p in TASKS for p in parts) else None
+
+
 def get_examples(name: str, n: int, seed: int):
   if name not in TASKS:
     raise ValueError(f"unknown synthetic task {name!r}; known: {sorted(TASKS)}")

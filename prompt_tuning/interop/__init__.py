@@ -108,6 +108,9 @@ def copy_tokenizer(source: str | None, out_dir: str) -> list[str]:
 def export_prompt(model, out_dir: str, info: dict | None = None) -> list[str]:
   if model.prompt is None:
     raise ValueError("the model has no soft prompt to export (method is not 'prompt')")
+  if model.task_prompts is not None:
+    raise ValueError("per-task prompts (method.prompt.tasks) are a shared prompt and a table, "
+                     "not one prompt file")
   cfg = model.cfg
   info = dict(info or {}, family=cfg.family, model_type=cfg.model_type or cfg.family,
               architecture=cfg.architecture)
@@ -144,7 +147,7 @@ def init_from(model, method, path: str) -> str | None:
 
 
 def _set_prompt(model, method, value, path):
-  want = (method.length, model.cfg.d_model)
+  want = tuple(model.prompt.shape)   # [parts * length, d_model]; multi-task: the shared prompt
   if tuple(value.shape) != want:
     what = "length" if value.shape[1:] == want[1:] else "d_model"
     raise ValueError(f"method.init_from {path!r}: the prompt has shape {tuple(value.shape)} "

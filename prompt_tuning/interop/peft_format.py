@@ -116,6 +116,12 @@ def export_prompt(model, out_dir: str, base_model: str | None = None) -> list[st
   """The model's soft prompt as a PEFT prompt-tuning adapter."""
   if model.prompt is None:
     raise ValueError("the model has no soft prompt to export")
+  layout = model.prompt_layout
+  if model.task_prompts is not None or (layout.placement, layout.scope) != ("prefix", "encoder"):
+    raise ValueError(f"a PEFT prompt-tuning adapter holds one prompt prepended to the encoder "
+                     f"input; this one is " + ("per task" if model.task_prompts is not None else
+                     f"placement={layout.placement!r}, scope={layout.scope!r}")
+                     + ": export it as a prompt file (format 'prompt') instead")
   cfg = model.cfg
   prompt = np.asarray(model.prompt[...], np.float32)
   _, heads, _ = cfg.stack_shape("encoder")

@@ -20,7 +20,8 @@ models parameter by parameter.
 
 Tuning methods attach through two hooks and never edit this module: ``Dense.adapter`` (a module
 called as ``adapter(dense, x)`` instead of ``dense.base(x)``: LoRA, IA3, masks) and the model's
-``prompt`` slot (a ``PromptParam`` prepended to the embedded input).
+``prompt`` slot (a ``PromptParam`` inserted into the embedded input by its
+:class:`PromptLayout`; optionally with a per-task table, ``task_prompts``).
 """
 from __future__ import annotations
 
@@ -52,6 +53,62 @@ ROPE_TYPES = ("default", "linear", "llama3")
 
 class PromptParam(nnx.Param):
   """A learnable soft prompt."""
+
+
+PLACEMENTS = ("prefix", "after_bos", "before_eos")
+SCOPES = ("encoder", "decoder", "both")
+COMBINES = ("add", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptLayout:
+  """Where a model's soft prompt goes (static: part of the graph definition).
+
+  ``placement`` (the encoder input, or a decoder-only model's sequence): ``prefix`` before the
+  first token; ``after_bos`` after the first token of rows that start with ``bos_token_id`` (rows
+  that do not get it as a prefix); ``before_eos`` right before each row's first EOS among its
+  real tokens (rows without one get it after their last real token). Inside a right-padded row,
+  the tokens after the prompt and the padding move right; masks follow and positions count
+  0, 1, ... over the new sequence, prompt included (what a HF model run on the same
+  ``inputs_embeds`` does).
+
+  ``scope``: ``encoder`` (decoder-only models: their one sequence), ``decoder`` (encoder-decoder:
+  prepended to the embedded decoder input, before the start token; logits at prompt positions
+  are dropped) or ``both`` (separate vectors: the prompt holds the encoder's block then the
+  decoder's, PEFT's num_transformer_submodules=2 layout).
+
+  ``combine`` (per-task prompts only): each row's prompt is the shared prompt ``add`` its task's
+  (same length) or ``concat`` (shared first), per prompted stack.
+  """
+  placement: str = "prefix"
+  scope: str = "encoder"
+  combine: str = "add"
+
+  @property
+  def parts(self) -> int:
+    return 2 if self.scope == "both" else 1
+
+
+def insert_prompt(x, segment_ids, prompts, at):
+  """x [B, S, D] with ``prompts`` [B, P, D] inserted before index ``at`` [B] of each row:
+  returns x [B, P+S, D], segment ids [B, P+S] (1 on the prompt) and positions arange(P+S)."""
+  b, s = segment_ids.shape
+  p = prompts.shape[1]
+  j = jnp.arange(p + s)[None]
+  at = jnp.asarray(at, jnp.int32)[:, None]
+  in_prompt = (j >= at) & (j < at + p)
+  src = jnp.clip(jnp.where(j < at, j, j - p), 0, s - 1)
+  tok = jnp.take_along_axis(x, src[..., None], axis=1)
+  pr = jnp.take_along_axis(prompts.astype(x.dtype), jnp.clip(j - at, 0, p - 1)[..., None], axis=1)
+  x = jnp.where(in_prompt[..., None], pr, tok)
+  seg = jnp.where(in_prompt, 1, jnp.take_along_axis(segment_ids, src, axis=1))
+  return x, seg.astype(segment_ids.dtype), jnp.broadcast_to(j, (b, p + s))
+
+
+def token_index(at, p: int, length: int):
+  """[B, length]: where each token of a row sits once a P-vector prompt is inserted at ``at``."""
+  j = jnp.arange(length)[None]
+  return j + p * (j >= jnp.asarray(at)[:, None])
 
 
 LoRAParam = nnx.LoRAParam
@@ -676,35 +733,144 @@ class LanguageModel(nnx.Module):
     if cfg.final_logits_bias:
       self.final_logits_bias = param(None, (cfg.vocab_size,), ("vocab",), "zeros")
     self.prompt = nnx.data(None)
+    self.task_prompts = nnx.data(None)          # multi-task: [num_tasks, length, D]
+    self.prompt_layout = PromptLayout()
 
   # -------------------------------------------------------------- soft prompt slot
-  def set_prompt(self, value):
-    """Attaches a trainable soft prompt of shape [length, d_model] (float32)."""
+  def set_prompt(self, value, *, placement: str | None = None, scope: str | None = None):
+    """Attaches a trainable soft prompt [parts * length, d_model] (float32): one block of
+    vectors per prompted stack, the encoder's first (see :class:`PromptLayout`). ``placement``
+    and ``scope`` default to the current layout's; with per-task prompts attached, ``value``
+    replaces the shared prompt (same shape)."""
     value = jnp.asarray(value, jnp.float32)
     if value.ndim != 2 or value.shape[1] != self.cfg.d_model:
       raise ValueError(f"prompt must have shape [length, {self.cfg.d_model}], got {value.shape}")
+    old = self.prompt_layout
+    layout = self._prompt_layout(old.placement if placement is None else placement,
+                                 old.scope if scope is None else scope, old.combine)
+    if value.shape[0] % layout.parts:
+      raise ValueError(f"scope='both' prompts hold an encoder and a decoder block of one length; "
+                       f"got {value.shape[0]} vectors")
+    if self.task_prompts is not None and (value.shape != self.prompt.shape or layout != old):
+      raise ValueError(f"this model has per-task prompts: a new shared prompt must keep shape "
+                       f"{tuple(self.prompt.shape)} and the layout; got {tuple(value.shape)}")
     self.prompt = PromptParam(value, axes=("prompt", "embed"))
+    self.prompt_layout = layout
+
+  def set_task_prompts(self, shared, table, *, combine: str = "add", placement: str = "prefix",
+                       scope: str = "encoder"):
+    """Multi-task prompts: a shared prompt [parts * Ls, D] and a per-task table
+    [num_tasks, parts * Lt, D]; row b of a batch gets ``combine(shared, table[task_ids[b]])``."""
+    shared, table = jnp.asarray(shared, jnp.float32), jnp.asarray(table, jnp.float32)
+    d = self.cfg.d_model
+    if shared.ndim != 2 or table.ndim != 3 or shared.shape[1] != d or table.shape[2] != d:
+      raise ValueError(f"task prompts must be shared [length, {d}] and table [tasks, length, {d}]"
+                       f", got {shared.shape} and {table.shape}")
+    layout = self._prompt_layout(placement, scope, combine)
+    if shared.shape[0] % layout.parts or table.shape[1] % layout.parts:
+      raise ValueError("scope='both' prompts hold an encoder and a decoder block of one length")
+    if combine == "add" and shared.shape[0] != table.shape[1]:
+      raise ValueError(f"combine='add' sums the shared and the task prompt: lengths must match, "
+                       f"got {shared.shape[0]} and {table.shape[1]}")
+    self.prompt = PromptParam(shared, axes=("prompt", "embed"))
+    self.task_prompts = PromptParam(table, axes=("tasks", "prompt", "embed"))
+    self.prompt_layout = layout
+
+  def _prompt_layout(self, placement, scope, combine) -> PromptLayout:
+    for name, value, options in (("placement", placement, PLACEMENTS), ("scope", scope, SCOPES),
+                                 ("combine", combine, COMBINES)):
+      if value not in options:
+        raise ValueError(f"prompt {name} must be one of {options}, got {value!r}")
+    if not self.cfg.is_encoder_decoder and scope != "encoder":
+      raise ValueError(f"prompt scope {scope!r} needs an encoder-decoder model; a decoder-only "
+                       f"model has one stack: scope='encoder' puts the prompt in its sequence")
+    if placement == "after_bos" and self.cfg.bos_token_id is None:
+      raise ValueError(f"prompt placement 'after_bos' needs a model with a bos_token_id; this "
+                       f"{self.cfg.family} model has none (its inputs never start with BOS): "
+                       f"use placement='prefix'")
+    return PromptLayout(placement, scope, combine)
 
   @property
   def prompt_length(self) -> int:
-    return 0 if self.prompt is None else int(self.prompt.shape[0])
+    """Vectors in each row's prompt (all prompted stacks together)."""
+    if self.prompt is None:
+      return 0
+    n = int(self.prompt.shape[0])
+    if self.task_prompts is None:
+      return n
+    t = int(self.task_prompts.shape[1])
+    return t if self.prompt_layout.combine == "add" else n + t
 
-  def embed_tokens(self, ids, segment_ids, positions, prompts=None, packed=False):
-    """Embeds ``ids`` and prepends the soft prompt (the module's own, or ``prompts`` [B, P, D]
-    / [P, D] given per call: mixed-task batches). Returns (x, segment_ids, positions, P)."""
+  @property
+  def num_prompt_tasks(self) -> int:
+    return 0 if self.task_prompts is None else int(self.task_prompts.shape[0])
+
+  def prompt_vectors(self, batch: int, prompts=None, task_ids=None):
+    """Each row's whole prompt [B, parts * P, D] (layout order), or None. ``prompts`` given per
+    call ([B, n, D] or [n, D]: mixed-task batches) win; else the task table's combined prompt of
+    each row's ``task_ids`` [B]; else the model's own prompt."""
+    if prompts is not None:
+      prompts = jnp.asarray(prompts)
+      return prompts if prompts.ndim == 3 else \
+          jnp.broadcast_to(prompts[None], (batch,) + prompts.shape)
+    if self.task_prompts is not None:
+      if task_ids is None:
+        raise ValueError("this model has per-task prompts (method.prompt.tasks): pass task_ids "
+                         "[batch] (the batch's 'task_ids' feature)")
+      task = jnp.take(self.task_prompts[...], jnp.asarray(task_ids, jnp.int32), axis=0)
+      shared = jnp.broadcast_to(self.prompt[...][None], (task.shape[0],) + self.prompt.shape)
+      if self.prompt_layout.combine == "add":
+        return shared + task
+      k = self.prompt_layout.parts   # shared then task-specific, within each stack's block
+      return jnp.concatenate([v for s, t in zip(jnp.split(shared, k, 1), jnp.split(task, k, 1))
+                              for v in (s, t)], axis=1)
+    if self.prompt is None:
+      return None
+    p = self.prompt[...]
+    return jnp.broadcast_to(p[None], (batch,) + p.shape)
+
+  def stack_prompts(self, stack: str, batch: int, prompts=None, task_ids=None):
+    """The part of each row's prompt that ``stack`` ("encoder": the encoder, or a decoder-only
+    model's sequence; "decoder") receives, [B, P, D], or None."""
+    scope = self.prompt_layout.scope
+    if scope not in (stack, "both"):
+      return None
+    full = self.prompt_vectors(batch, prompts, task_ids)
+    if full is None or scope != "both":
+      return full
+    n = full.shape[1]
+    if n % 2:
+      raise ValueError(f"scope='both' prompts hold an encoder and a decoder half; got {n} vectors")
+    return full[:, :n // 2] if stack == "encoder" else full[:, n // 2:]
+
+  def prompt_index(self, ids, segment_ids):
+    """[B]: where each row's (encoder-side) prompt starts, by the layout's placement."""
+    placement, b = self.prompt_layout.placement, ids.shape[0]
+    if placement == "prefix":
+      return jnp.zeros((b,), jnp.int32)
+    real = segment_ids > 0
+    if placement == "after_bos":
+      return ((ids[:, 0] == self.cfg.bos_token_id) & real[:, 0]).astype(jnp.int32)
+    eos = (ids == self.cfg.eos_token_id) & real
+    return jnp.where(eos.any(1), jnp.argmax(eos, 1), real.sum(1)).astype(jnp.int32)
+
+  def embed_tokens(self, ids, segment_ids, positions, prompts=None, packed=False, task_ids=None):
+    """Embeds ``ids`` and inserts the encoder-side soft prompt (from ``prompts`` [B, n, D] /
+    [n, D] given per call, the task table and ``task_ids``, or the module's own; see
+    :meth:`prompt_vectors`) at each row's placement. Returns (x, segment_ids, positions, P)."""
     x = self.embed(ids) * self.cfg.embed_scale
-    if prompts is None and self.prompt is not None:
-      prompts = self.prompt[...]
-    if prompts is None:
+    b = x.shape[0]
+    if (prompts is None and self.prompt is None) or self.prompt_layout.scope == "decoder":
       return x, segment_ids, positions, 0
     if packed:  # one prompt per row cannot serve several packed examples
       raise ValueError("soft prompts cannot be combined with packed sequences; set "
                        "data.pack=False for prompt tuning")
-    b = x.shape[0]
-    prompts = jnp.asarray(prompts).astype(x.dtype)
-    if prompts.ndim == 2:
-      prompts = jnp.broadcast_to(prompts[None], (b,) + prompts.shape)
+    prompts = self.stack_prompts("encoder", b, prompts, task_ids).astype(x.dtype)
     p = prompts.shape[1]
+    if self.prompt_layout.placement != "prefix":
+      x, segment_ids, positions = insert_prompt(x, segment_ids, prompts,
+                                                self.prompt_index(ids, segment_ids))
+      return x, segment_ids, positions, p
     x = jnp.concatenate([prompts, x], axis=1)
     segment_ids = jnp.concatenate([jnp.ones((b, p), segment_ids.dtype), segment_ids], axis=1)
     # Positions count from the prompt's first vector (as PEFT does).
@@ -745,26 +911,53 @@ class EncoderDecoderLM(LanguageModel):
     self.decoder = Stack(cfg, "decoder", rngs=rngs)
 
   def encode(self, inputs, input_mask=None, prompts=None, rng=None, *, segment_ids=None,
-             positions=None):
+             positions=None, task_ids=None):
     """Returns (encoder output [B, P+S, D], encoder segment ids [B, P+S]; 0 = padding)."""
     packed = segment_ids is not None
     if not packed:
       segment_ids = (inputs != self.cfg.pad_token_id) if input_mask is None else input_mask
       segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
     positions = _default_positions(inputs, positions)
-    x, seg, pos, _ = self.embed_tokens(inputs, segment_ids, positions, prompts, packed)
+    x, seg, pos, _ = self.embed_tokens(inputs, segment_ids, positions, prompts, packed, task_ids)
+    return self.encode_embedded(x, seg, pos, rng), seg
+
+  def encode_embedded(self, x, segment_ids, positions, rng=None):
+    """The encoder over already embedded inputs x [B, L, D] (``inputs_embeds``)."""
     self.encoder.check_length(x.shape[1])
-    inp = AttentionInputs(mask=segment_mask(seg, seg))
-    out, _ = self.encoder(x, inp, positions=pos, rng=rng)
-    return out, seg
+    inp = AttentionInputs(mask=segment_mask(segment_ids, segment_ids))
+    out, _ = self.encoder(x, inp, positions=positions, rng=rng)
+    return out
 
   def decode(self, decoder_inputs, enc, enc_segment_ids, rng=None, *, segment_ids=None,
-             positions=None):
-    """Teacher-forced decoder logits [B, T, V]."""
+             positions=None, prompts=None, task_ids=None):
+    """Teacher-forced decoder logits [B, T, V] (a decoder-side prompt is prepended to the
+    embedded decoder inputs; its positions' logits are dropped)."""
     b, t = decoder_inputs.shape
-    if segment_ids is None:
-      segment_ids = jnp.ones((b, t), jnp.int32)
-    positions = _default_positions(decoder_inputs, positions)
+    y = self.embed(decoder_inputs) * self.cfg.embed_scale
+    dec_prompts = None
+    if prompts is not None or self.prompt is not None:
+      dec_prompts = self.stack_prompts("decoder", b, prompts, task_ids)
+    if dec_prompts is None:
+      if segment_ids is None:
+        segment_ids = jnp.ones((b, t), jnp.int32)
+      positions = _default_positions(decoder_inputs, positions)
+      return self.decode_embedded(y, segment_ids, positions, enc, enc_segment_ids, rng)
+    if segment_ids is not None:
+      raise ValueError("soft prompts cannot be combined with packed sequences; set "
+                       "data.pack=False for prompt tuning")
+    p = dec_prompts.shape[1]
+    y = jnp.concatenate([dec_prompts.astype(y.dtype), y], axis=1)
+    pos = jnp.broadcast_to(jnp.arange(p + t)[None], (b, p + t))
+    h = self._decoder_hidden(y, jnp.ones((b, p + t), jnp.int32), pos, enc, enc_segment_ids, rng)
+    return self.logits(h[:, p:])
+
+  def decode_embedded(self, y, segment_ids, positions, enc, enc_segment_ids, rng=None):
+    """Teacher-forced decoder logits [B, L, V] over already embedded decoder inputs y."""
+    return self.logits(self._decoder_hidden(y, segment_ids, positions, enc, enc_segment_ids,
+                                            rng))
+
+  def _decoder_hidden(self, y, segment_ids, positions, enc, enc_segment_ids, rng=None):
+    t = y.shape[1]
     self.decoder.check_length(t)
     idx = jnp.arange(t)[None]
     window = self.cfg.sliding_window
@@ -773,18 +966,18 @@ class EncoderDecoderLM(LanguageModel):
         mask=self_mask, positions=positions, enc=enc,
         window_mask=None if window is None else causal_mask(idx, idx, window) & self_mask,
         cross_mask=segment_mask(segment_ids, enc_segment_ids))
-    y = self.embed(decoder_inputs) * self.cfg.embed_scale
     h, _ = self.decoder(y, inp, positions=positions, rng=rng)
-    return self.logits(h)
+    return h
 
-  def __call__(self, inputs, input_mask, decoder_inputs, prompts=None, rng=None, **packing):
+  def __call__(self, inputs, input_mask, decoder_inputs, prompts=None, rng=None, task_ids=None,
+               **packing):
     """Logits [B, T, V]. ``packing``: input_segment_ids, input_positions, target_segment_ids,
-    target_positions (seqio's packed features)."""
+    target_positions (seqio's packed features). ``task_ids`` [B] select per-task prompts."""
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
-    enc, seg = self.encode(inputs, input_mask, prompts, r1,
+    enc, seg = self.encode(inputs, input_mask, prompts, r1, task_ids=task_ids,
                            segment_ids=packing.get("input_segment_ids"),
                            positions=packing.get("input_positions"))
-    return self.decode(decoder_inputs, enc, seg, r2,
+    return self.decode(decoder_inputs, enc, seg, r2, prompts=prompts, task_ids=task_ids,
                        segment_ids=packing.get("target_segment_ids"),
                        positions=packing.get("target_positions"))
 
@@ -793,6 +986,22 @@ class EncoderDecoderLM(LanguageModel):
     """(self-attention cache, precomputed cross-attention keys/values), stacked per layer."""
     ks, vs = zip(*(layer.cross_attn.kv(enc) for layer in self.decoder.layers))
     return _cache(self.cfg, batch, max_len), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+
+  def prefill_decoder(self, prompts, cache, cross_kv, enc_segment_ids):
+    """Runs a decoder-side prompt [B, P, D] through the decoder into cache slots [0, P), so the
+    first generated token (at index P) attends to it as in teacher forcing."""
+    b, p = prompts.shape[:2]
+    q_idx = jnp.arange(p)[None]
+    k_idx = jnp.arange(cache["k"].shape[2])[None]
+    window = self.cfg.sliding_window
+    inp = AttentionInputs(
+        mask=causal_mask(q_idx, k_idx),
+        window_mask=None if window is None else causal_mask(q_idx, k_idx, window),
+        positions=jnp.broadcast_to(q_idx, (b, p)), cache_index=0,
+        cross_mask=(enc_segment_ids > 0)[:, None, None, :])
+    _, cache = self.decoder(prompts.astype(self.cfg.compute_dtype), inp, positions=inp.positions,
+                            caches=cache, cross_kvs=cross_kv)
+    return cache
 
   def decode_step(self, token, index, cache, cross_kv, enc_segment_ids):
     """One decoder step: token [B] at position ``index`` (scalar). Returns (logits [B, V],
@@ -812,22 +1021,23 @@ class EncoderDecoderLM(LanguageModel):
 
 
 class DecoderOnlyLM(LanguageModel):
-  """GPT-2 / Llama / Mistral / Qwen2: one causal stack; a soft prompt is prepended to the
-  embedded sequence and logits are returned for the token positions only."""
+  """GPT-2 / Llama / Mistral / Qwen2: one causal stack; a soft prompt is inserted into the
+  embedded sequence (by its placement) and logits are returned for the token positions only."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self._init_common(cfg, rngs)
     self.decoder = Stack(cfg, "decoder_only", rngs=rngs)
 
-  def _inputs(self, tokens, mask, segment_ids, positions, prompts):
+  def _inputs(self, tokens, mask, segment_ids, positions, prompts, task_ids=None):
+    """(x, segment ids, positions, P, where each row's prompt starts [B] or None)."""
     packed = segment_ids is not None
     if not packed:
       segment_ids = jnp.ones(tokens.shape, jnp.int32) if mask is None else \
           jnp.asarray(mask).astype(jnp.int32)
     positions = _default_positions(tokens, positions)
-    x, seg, pos, p = self.embed_tokens(tokens, segment_ids, positions, prompts, packed)
+    x, seg, pos, p = self.embed_tokens(tokens, segment_ids, positions, prompts, packed, task_ids)
     self.decoder.check_length(x.shape[1])
-    return x, seg, pos, p
+    return x, seg, pos, p, (self.prompt_index(tokens, segment_ids) if p else None)
 
   def _masks(self, seg, q_idx, k_idx):
     window = self.cfg.sliding_window
@@ -835,21 +1045,35 @@ class DecoderOnlyLM(LanguageModel):
     return base, None if window is None else causal_mask(q_idx, k_idx, window) & base
 
   def __call__(self, tokens, mask=None, prompts=None, rng=None, *, segment_ids=None,
-               positions=None):
-    """tokens [B, L] (right-padded, or packed with segment_ids/positions) -> logits [B, L, V]."""
-    x, seg, pos, p = self._inputs(tokens, mask, segment_ids, positions, prompts)
+               positions=None, task_ids=None):
+    """tokens [B, L] (right-padded, or packed with segment_ids/positions) -> logits [B, L, V]
+    (at each token's own hidden state, wherever the prompt was inserted)."""
+    x, seg, pos, p, at = self._inputs(tokens, mask, segment_ids, positions, prompts, task_ids)
+    h = self._hidden(x, seg, pos, rng)
+    if not p or self.prompt_layout.placement == "prefix":
+      return self.logits(h[:, p:])
+    # The token positions' hidden states only (the head never runs on the prompt's).
+    return self.logits(jnp.take_along_axis(h, token_index(at, p, tokens.shape[1])[..., None],
+                                           axis=1))
+
+  def forward_embedded(self, x, segment_ids, positions, rng=None):
+    """Logits [B, L, V] at every position of already embedded inputs x [B, L, D]."""
+    return self.logits(self._hidden(x, segment_ids, positions, rng))
+
+  def _hidden(self, x, segment_ids, positions, rng=None):
+    self.decoder.check_length(x.shape[1])
     idx = jnp.arange(x.shape[1])[None]
-    m, wm = self._masks(seg, idx, idx)
-    h, _ = self.decoder(x, AttentionInputs(mask=m, window_mask=wm, positions=pos), positions=pos,
-                        rng=rng)
-    return self.logits(h[:, p:])
+    m, wm = self._masks(segment_ids, idx, idx)
+    h, _ = self.decoder(x, AttentionInputs(mask=m, window_mask=wm, positions=positions),
+                        positions=positions, rng=rng)
+    return h
 
   # -------------------------------------------------------------- cached decoding
-  def prefill(self, tokens, mask, max_new: int, prompts=None):
-    """Runs (prompt +) right-padded ``tokens`` through the stack, filling a KV cache of
-    P + L + max_new entries. Returns (logits of each row's last real token [B, V], cache,
-    next buffer index per row [B])."""
-    x, seg, pos, _ = self._inputs(tokens, mask, None, None, prompts)
+  def prefill(self, tokens, mask, max_new: int, prompts=None, task_ids=None):
+    """Runs right-padded ``tokens`` (with the prompt inserted) through the stack, filling a KV
+    cache of P + L + max_new entries. Returns (logits of each row's last real token [B, V],
+    cache, next buffer index per row [B])."""
+    x, seg, pos, _, _ = self._inputs(tokens, mask, None, None, prompts, task_ids)
     b, n = x.shape[:2]
     self.decoder.check_length(n + max_new)
     cache = _cache(self.cfg, b, n + max_new)
@@ -883,21 +1107,31 @@ def build(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
 
 
 # ----------------------------------------------------------------------------- decoding
-def greedy_decode(model: LanguageModel, inputs, input_mask, max_decode_len: int, prompts=None):
+def greedy_decode(model: LanguageModel, inputs, input_mask, max_decode_len: int, prompts=None,
+                  task_ids=None):
   """Greedy decoding with a KV cache, for either architecture; stops once every row emitted
   EOS. Returns int32 [B, max_decode_len] (pad after EOS). Decoder-only models continue the
-  right-padded ``inputs``."""
+  right-padded ``inputs``. ``prompts`` / ``task_ids``: per-example prompts (see
+  :meth:`LanguageModel.prompt_vectors`); a decoder-side prompt fills the decoder's cache first."""
   cfg = model.cfg
   b = inputs.shape[0]
   pad, eos = cfg.pad_token_id, cfg.eos_token_id
   if cfg.is_encoder_decoder:
-    enc, seg = model.encode(inputs, input_mask, prompts)
-    cache, cross = model.init_cache(b, max_decode_len, enc)
-    step = lambda tok, i, cache: model.decode_step(tok, i, cache, cross, seg)
+    enc, seg = model.encode(inputs, input_mask, prompts, task_ids=task_ids)
+    dec_prompts = None
+    if prompts is not None or model.prompt is not None:
+      dec_prompts = model.stack_prompts("decoder", b, prompts, task_ids)
+    p = 0 if dec_prompts is None else dec_prompts.shape[1]
+    if p:
+      model.decoder.check_length(p + max_decode_len)
+    cache, cross = model.init_cache(b, p + max_decode_len, enc)
+    if p:
+      cache = model.prefill_decoder(dec_prompts, cache, cross, seg)
+    step = lambda tok, i, cache: model.decode_step(tok, i + p, cache, cross, seg)
     first = jnp.full((b,), cfg.decoder_start_token_id, jnp.int32)
     state = (first, None)
   else:
-    logits, cache, index = model.prefill(inputs, input_mask, max_decode_len, prompts)
+    logits, cache, index = model.prefill(inputs, input_mask, max_decode_len, prompts, task_ids)
     step = lambda tok, i, cache: model.decode_step(tok, index + i - 1, cache)
     state = (None, jnp.argmax(logits, axis=-1).astype(jnp.int32))
   out = jnp.full((b, max_decode_len), pad, jnp.int32)

@@ -125,7 +125,7 @@ def import_tasks():
 
 
 def is_synthetic(name: str) -> bool:
-  return name in synthetic.TASKS
+  return synthetic.mixture_parts(name) is not None   # a synthetic task or a "+" mixture of them
 
 
 def check_task(name: str, download: bool):
@@ -206,15 +206,17 @@ def build(config, with_data: bool = True) -> Experiment:
     return exp
   P, p = jax.process_count(), jax.process_index()
   lengths = {"inputs": d.max_input_length, "targets": d.max_target_length}
+  task_names = getattr(mcfg, "tasks", ()) or None   # per-task prompts: batches carry task_ids
   exp.train_it = inputs.train_iterator(
       train_task, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.batch_size,
       seed=config.seed, num_examples=d.num_train, few_shot=d.few_shot,
       instructions=d.instructions, truncate=d.truncate, pack=d.pack, model_type=exp.model_type,
       num_processes=P, process_index=p,
-      shuffle_buffer_size=d.shuffle_buffer_size or None)
+      shuffle_buffer_size=d.shuffle_buffer_size or None, task_names=task_names)
   exp.eval_sets = {t: inputs.eval_batches(
       t, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.eval_batch_size,
       num_examples=d.num_eval, seed=config.seed, instructions=d.instructions,
-      truncate=d.truncate, num_processes=P, process_index=p, pad_to_multiple=data_devices)
+      truncate=d.truncate, num_processes=P, process_index=p, pad_to_multiple=data_devices,
+      task_names=task_names)
       for t in (train_task,) + eval_tasks}
   return exp

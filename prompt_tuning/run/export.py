@@ -35,6 +35,8 @@ def export(config, out_dir: str, fmt: str, step: int | None = None, allow_change
   config = copy.deepcopy(config)
   if "init_from" in config.method:
     config.method.init_from = ""   # the checkpoint holds the state; the start file may be gone
+  if "prompt" in config.method and "init_from_run" in config.method.prompt:
+    config.method.prompt.init_from_run = ""   # likewise the run it started from
   exp = build(config, with_data=False)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   try:

@@ -64,6 +64,10 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
   trainer = exp.trainer
   if exp.method.name != "prompt":
     raise ValueError("mixed-task inference needs method.name='prompt'")
+  if exp.method.tasks:
+    raise ValueError("mixed-task inference combines single-task prompt runs; this config has "
+                     "per-task prompts (method.prompt.tasks)")
+  layout = {"placement": exp.method.placement, "scope": exp.method.scope}
   ref = json.loads(json.dumps(model_reference(config)))
   table, index = [], {}
   for task, run_dir in prompt_runs.items():
@@ -74,6 +78,12 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
     if meta.get("model") != ref:
       raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
                        f"not {ref}")
+    theirs = {k: meta["method"].get(k, v) for k, v in (("placement", "prefix"),
+                                                         ("scope", "encoder"))}
+    if theirs != layout or meta["method"].get("tasks"):
+      raise ValueError(f"{run_dir} has a prompt with {theirs}"
+                       + (" and per-task prompts" if meta["method"].get("tasks") else "")
+                       + f"; this config has {layout} (all prompts in a batch share one layout)")
     length = meta["method"]["length"]
     if length != exp.method.length:
       raise ValueError(f"{run_dir} has prompt length {length}; this config has "

@@ -23,7 +23,7 @@ train.num_steps train.log_every train.eval_every train.checkpoint_every train.ma
 train.eval_batch_size train.max_decode_length train.divergence_factor train.divergence_patience
 train.record_batches
 data.eval_tasks data.num_eval data.download
-method.init_from
+method.init_from method.prompt.init_from_run
 model.remat model.scan_layers model.attention_impl
 mesh.shape mesh.coordinator_address mesh.num_processes mesh.process_id
 """.split())
