@@ -1,0 +1,178 @@
+"""The critical-layer study (Radiya-Dixit & Wang 2020) from a finished sweep such as
+configs/critical_layers.py: per layer, the dev metric of tuning that layer alone, its distance
+from the pre-trained layer (L2, relative L2, angle), the metric after magnitude sparsification of
+that run at fraction s (keep each matrix's s largest changes: analysis/sparse.py), and the metric
+of a binary mask learned on that layer that zeroes s of its projection weights (method 'mask').
+
+Reads ``output_dir/results.jsonl`` (one record per run, written by run/sweep.py), writes
+``critical_layers.csv``, ``critical_layers.md`` and ``critical_layers.png`` into ``output_dir``.
+
+  python -m prompt_tuning.analysis.critical_layers --config configs/critical_layers.py \\
+      [--run_sweep] [--metric accuracy]
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+from prompt_tuning.analysis import sparse
+from prompt_tuning.run import build as build_lib
+from prompt_tuning.run import evaluate as evaluate_lib
+from prompt_tuning.run import sweep as sweep_lib
+
+COLUMNS = ("layer", "params", "untuned", "tuned", "magnitude_sparse", "learned_mask", "l2",
+           "rel_l2", "angle_deg", "sparsity")
+
+
+def read_results(out_dir: str) -> dict[str, dict]:
+  """{run name: its last record} from a sweep's results.jsonl."""
+  path = os.path.join(out_dir, "results.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no sweep results in {out_dir!r} (results.jsonl); run the sweep first")
+  out = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        out[rec["run"]] = rec
+  return out
+
+
+def _metric(evals: dict, task: str, metric: str) -> float:
+  m = evals[task]
+  if metric not in m:
+    raise ValueError(f"metric {metric!r} not in the {task} results; have {sorted(m)}")
+  return float(m[metric])
+
+
+def _layer(overrides: dict, method: str) -> str | None:
+  paths = overrides.get(f"method.{method}.paths")
+  if not paths or len(paths) != 1:
+    return None
+  return paths[0]
+
+
+def analyze(config, metric: str = "accuracy") -> list[dict]:
+  """One row per layer (see COLUMNS; missing runs give None) from the sweep in
+  ``config.output_dir``; also writes the table and the plot there."""
+  out_dir = config.output_dir
+  results = read_results(out_dir)
+  task = config.data.task
+  rows: dict[str, dict] = {}
+  untuned = None
+  for name, rec in results.items():
+    # JSON turned tuples (layer paths) into lists; the config wants them back.
+    ov = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.get("overrides", {}).items()}
+    method = ov.get("method.name", config.method.name)
+    layer = _layer(ov, method)
+    if method not in ("layers", "mask") or layer is None:
+      continue
+    row = rows.setdefault(layer, {c: None for c in COLUMNS} | {"layer": layer})
+    run_cfg = sweep_lib.apply_overrides(config, dict(ov, output_dir=os.path.join(out_dir, name)))
+    sparsity = float(run_cfg.method.mask.sparsity)
+    if method == "mask":
+      row["learned_mask"] = _metric(rec["eval"], task, metric)
+      row["sparsity"] = sparsity
+      continue
+    row["tuned"] = _metric(rec["eval"], task, metric)
+    row["params"] = int(rec.get("trainable_params", 0))
+    rep = sparse.sparsify_run(run_cfg, sparsity)   # also writes distances.json, sparse_diff.npz
+    dist = rep["per_layer"][layer]
+    row.update(l2=dist["l2"], rel_l2=dist["rel_l2"], angle_deg=dist["angle_deg"])
+    row["magnitude_sparse"] = _metric(rep["eval_sparse"], task, metric)
+    row["sparsity"] = row["sparsity"] or sparsity
+    if untuned is None:   # the pre-trained model: a 'layers' run's initial parameters
+      exp = build_lib.build(run_cfg)
+      untuned = _metric(evaluate_lib.evaluate_all(
+          exp.trainer, exp.vocab, exp.eval_sets, exp.trainer.init_state().params, run_cfg),
+          task, metric)
+  if not rows:
+    raise ValueError(f"{out_dir}: no single-layer 'layers' or 'mask' runs in results.jsonl")
+  order = _layer_order(list(rows))
+  table = [dict(rows[k], untuned=untuned) for k in order]
+  write_table(table, out_dir, metric)
+  plot(table, os.path.join(out_dir, "critical_layers.png"), metric)
+  return table
+
+
+def _layer_order(names):
+  def key(n):
+    stack, _, idx = n.partition(".layers.")
+    return (0 if stack == "encoder" else 1, int(idx) if idx.isdigit() else 0, n)
+  return sorted(names, key=key)
+
+
+def _fmt(v):
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  return str(v)
+
+
+def write_table(table: list[dict], out_dir: str, metric: str):
+  with open(os.path.join(out_dir, "critical_layers.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(table)
+  lines = [f"Dev {metric} per tuned layer (untuned model: {_fmt(table[0]['untuned'])}); "
+           f"sparsity = fraction of entries changed by magnitude sparsification / zeroed by the "
+           f"learned mask.", "",
+           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in table]
+  with open(os.path.join(out_dir, "critical_layers.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot(table: list[dict], path: str, metric: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  names = [r["layer"] for r in table]
+  x = np.arange(len(names))
+  val = lambda k: [np.nan if r[k] is None else r[k] for r in table]
+  fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 1.2 * len(names)), 7), sharex=True)
+  for i, (k, label) in enumerate((("tuned", "layer tuned (dense)"),
+                                  ("magnitude_sparse", "magnitude-sparsified"),
+                                  ("learned_mask", "learned mask"))):
+    ax1.bar(x + (i - 1) * 0.27, val(k), 0.27, label=label)
+  if table[0]["untuned"] is not None:
+    ax1.axhline(table[0]["untuned"], color="k", ls="--", lw=1, label="untuned")
+  ax1.set_ylabel(f"dev {metric}")
+  ax1.legend(fontsize=8)
+  ax2.bar(x - 0.2, val("rel_l2"), 0.4, label="relative L2", color="tab:purple")
+  ax2.set_ylabel("relative L2 distance")
+  ax3 = ax2.twinx()
+  ax3.plot(x, val("angle_deg"), "o-", color="tab:red", label="angle")
+  ax3.set_ylabel("angle (degrees)")
+  ax2.set_xticks(x, names, rotation=30, ha="right")
+  h1, l1 = ax2.get_legend_handles_labels()
+  h2, l2 = ax3.get_legend_handles_labels()
+  ax2.legend(h1 + h2, l1 + l2, fontsize=8)
+  fig.suptitle("Critical layers: tuning one layer at a time")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  import sys
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "the sweep's config file (with get_sweep())",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_bool("run_sweep", False, "run the config's sweep first", flag_values=fv)
+  flags.DEFINE_string("metric", "accuracy", "dev metric of the training task", flag_values=fv)
+  fv(list(sys.argv if argv is None else argv))
+  if fv.run_sweep:
+    sweep_lib.sweep(fv.config, sweep_lib.load_sweep(config_flags.get_config_filename(fv["config"])))
+  table = analyze(fv.config, fv.metric)
+  print(open(os.path.join(fv.config.output_dir, "critical_layers.md")).read())
+  return table
+
+
+if __name__ == "__main__":
+  main()
