@@ -185,3 +185,27 @@ def test_prefix_export_is_the_computed_prefix():
   assert sorted(out) == ["decoder.k", "decoder.v", "encoder.k", "encoder.v"]
   assert out["decoder.k"].shape == (2, 3, 4, 16)
   assert tr.num_trainable == 2 * (3 * 64 + 64 * 16 + 16 + 16 * 2 * 2 * 64 + 2 * 2 * 64)
+
+
+def test_prefix_with_packed_sequences_equals_unpacked():
+  """Every packed segment sees the whole prefix, at positions 0..P-1 of its own."""
+  rng = np.random.RandomState(0)
+  a, b = rng.randint(3, 256, 5), rng.randint(3, 256, 4)
+  m = tiny_model("tiny-llama")
+  methods.attach(m, methods.make("prefix", length=3, projection=False, init_std=0.5))
+  packed = np.asarray(m(np.concatenate([a, b, [0]])[None],
+                        segment_ids=np.array([[1] * 5 + [2] * 4 + [0]]),
+                        positions=np.array([list(range(5)) + list(range(4)) + [0]])))[0]
+  np.testing.assert_allclose(packed[:5], np.asarray(m(a[None]))[0], atol=1e-4)
+  np.testing.assert_allclose(packed[5:9], np.asarray(m(b[None]))[0], atol=1e-4)
+  m = tiny_model("tiny")
+  methods.attach(m, methods.make("prefix", length=3, projection=False, init_std=0.5))
+  packed = np.asarray(m(np.concatenate([a, b])[None], None, np.concatenate([b[:3], a[:2]])[None],
+                        input_segment_ids=np.array([[1] * 5 + [2] * 4]),
+                        input_positions=np.array([list(range(5)) + list(range(4))]),
+                        target_segment_ids=np.array([[1] * 3 + [2] * 2]),
+                        target_positions=np.array([[0, 1, 2, 0, 1]])))[0]
+  np.testing.assert_allclose(packed[:3], np.asarray(m(a[None], np.ones((1, 5)), b[None, :3]))[0],
+                             atol=1e-4)
+  np.testing.assert_allclose(packed[3:], np.asarray(m(b[None], np.ones((1, 4)), a[None, :2]))[0],
+                             atol=1e-4)
