@@ -54,8 +54,7 @@ def test_analysis_of_a_tiny_sweep_writes_table_and_plot(tmp_path):
   table = critical_layers.analyze(c)
   assert [r["layer"] for r in table] == ["decoder.layers.1"]
   row = table[0]
-  for k in ("untuned", "tuned", "magnitude_sparse", "learned_mask", "l2", "rel_l2",
-            "angle_deg"):
+  for k in critical_layers.COLUMNS[2:-1]:   # metric and loss of every setting, distances
     assert row[k] is not None and np.isfinite(row[k]), (k, row)
   assert row["l2"] > 0 and row["sparsity"] == mod.SPARSITY and row["params"] > 0
   with open(tmp_path / "critical_layers.csv") as f:

@@ -21,8 +21,11 @@ from prompt_tuning.run import build as build_lib
 from prompt_tuning.run import evaluate as evaluate_lib
 from prompt_tuning.run import sweep as sweep_lib
 
-COLUMNS = ("layer", "params", "untuned", "tuned", "magnitude_sparse", "learned_mask", "l2",
-           "rel_l2", "angle_deg", "sparsity")
+SETTINGS = ("untuned", "tuned", "magnitude_sparse", "learned_mask")
+# The dev metric of each setting, then its dev loss (which still ranks settings when the metric
+# saturates, e.g. exact-match 0 on a random-init model), then the tuned layer's distances.
+COLUMNS = ("layer", "params") + SETTINGS + tuple(f"{k}_loss" for k in SETTINGS) + (
+    "l2", "rel_l2", "angle_deg", "sparsity")
 
 
 def read_results(out_dir: str) -> dict[str, dict]:
@@ -46,6 +49,11 @@ def _metric(evals: dict, task: str, metric: str) -> float:
   return float(m[metric])
 
 
+def _set(row, setting, evals, task, metric):
+  row[setting] = _metric(evals, task, metric)
+  row[f"{setting}_loss"] = _metric(evals, task, "loss")
+
+
 def _layer(overrides: dict, method: str) -> str | None:
   paths = overrides.get(f"method.{method}.paths")
   if not paths or len(paths) != 1:
@@ -60,7 +68,7 @@ def analyze(config, metric: str = "accuracy") -> list[dict]:
   results = read_results(out_dir)
   task = config.data.task
   rows: dict[str, dict] = {}
-  untuned = None
+  untuned = None   # the untuned model's evals
   for name, rec in results.items():
     # JSON turned tuples (layer paths) into lists; the config wants them back.
     ov = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.get("overrides", {}).items()}
@@ -72,25 +80,27 @@ def analyze(config, metric: str = "accuracy") -> list[dict]:
     run_cfg = sweep_lib.apply_overrides(config, dict(ov, output_dir=os.path.join(out_dir, name)))
     sparsity = float(run_cfg.method.mask.sparsity)
     if method == "mask":
-      row["learned_mask"] = _metric(rec["eval"], task, metric)
+      _set(row, "learned_mask", rec["eval"], task, metric)
       row["sparsity"] = sparsity
       continue
-    row["tuned"] = _metric(rec["eval"], task, metric)
+    _set(row, "tuned", rec["eval"], task, metric)
     row["params"] = int(rec.get("trainable_params", 0))
     rep = sparse.sparsify_run(run_cfg, sparsity)   # also writes distances.json, sparse_diff.npz
     dist = rep["per_layer"][layer]
     row.update(l2=dist["l2"], rel_l2=dist["rel_l2"], angle_deg=dist["angle_deg"])
-    row["magnitude_sparse"] = _metric(rep["eval_sparse"], task, metric)
+    _set(row, "magnitude_sparse", rep["eval_sparse"], task, metric)
     row["sparsity"] = row["sparsity"] or sparsity
     if untuned is None:   # the pre-trained model: a 'layers' run's initial parameters
       exp = build_lib.build(run_cfg)
-      untuned = _metric(evaluate_lib.evaluate_all(
-          exp.trainer, exp.vocab, exp.eval_sets, exp.trainer.init_state().params, run_cfg),
-          task, metric)
+      untuned = evaluate_lib.evaluate_all(exp.trainer, exp.vocab, exp.eval_sets,
+                                          exp.trainer.init_state().params, run_cfg)
   if not rows:
     raise ValueError(f"{out_dir}: no single-layer 'layers' or 'mask' runs in results.jsonl")
-  order = _layer_order(list(rows))
-  table = [dict(rows[k], untuned=untuned) for k in order]
+  table = []
+  for k in _layer_order(list(rows)):
+    if untuned is not None:
+      _set(rows[k], "untuned", untuned, task, metric)
+    table.append(rows[k])
   write_table(table, out_dir, metric)
   plot(table, os.path.join(out_dir, "critical_layers.png"), metric)
   return table
@@ -116,9 +126,9 @@ def write_table(table: list[dict], out_dir: str, metric: str):
     w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
     w.writerows(table)
-  lines = [f"Dev {metric} per tuned layer (untuned model: {_fmt(table[0]['untuned'])}); "
-           f"sparsity = fraction of entries changed by magnitude sparsification / zeroed by the "
-           f"learned mask.", "",
+  lines = [f"Dev {metric} (and dev loss) per tuned layer: untuned model, the layer tuned alone, "
+           f"that run magnitude-sparsified (each matrix keeps its `sparsity` largest changes), "
+           f"a mask learned on the layer (zeroes `sparsity` of each projection kernel).", "",
            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
   lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in table]
   with open(os.path.join(out_dir, "critical_layers.md"), "w") as f:
@@ -133,14 +143,16 @@ def plot(table: list[dict], path: str, metric: str):
   names = [r["layer"] for r in table]
   x = np.arange(len(names))
   val = lambda k: [np.nan if r[k] is None else r[k] for r in table]
-  fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 1.2 * len(names)), 7), sharex=True)
-  for i, (k, label) in enumerate((("tuned", "layer tuned (dense)"),
-                                  ("magnitude_sparse", "magnitude-sparsified"),
-                                  ("learned_mask", "learned mask"))):
-    ax1.bar(x + (i - 1) * 0.27, val(k), 0.27, label=label)
-  if table[0]["untuned"] is not None:
-    ax1.axhline(table[0]["untuned"], color="k", ls="--", lw=1, label="untuned")
-  ax1.set_ylabel(f"dev {metric}")
+  fig, (ax1, ax0, ax2) = plt.subplots(3, 1, figsize=(max(6, 1.2 * len(names)), 9.5),
+                                      sharex=True)
+  settings = (("tuned", "layer tuned (dense)"), ("magnitude_sparse", "magnitude-sparsified"),
+              ("learned_mask", "learned mask"))
+  for ax, suffix, label in ((ax1, "", f"dev {metric}"), (ax0, "_loss", "dev loss")):
+    for i, (k, name) in enumerate(settings):
+      ax.bar(x + (i - 1) * 0.27, val(k + suffix), 0.27, label=name)
+    if table[0]["untuned" + suffix] is not None:
+      ax.axhline(table[0]["untuned" + suffix], color="k", ls="--", lw=1, label="untuned")
+    ax.set_ylabel(label)
   ax1.legend(fontsize=8)
   ax2.bar(x - 0.2, val("rel_l2"), 0.4, label="relative L2", color="tab:purple")
   ax2.set_ylabel("relative L2 distance")
