@@ -12,7 +12,8 @@ sparsity; scale-free, so one learning rate fits every model) or uniformly at ran
 
 The task-specific artifact is the binary mask alone: :meth:`Mask.export` returns it packed eight
 entries per byte (``np.packbits``); :func:`unpack` and :func:`apply_bits` rebuild the masked
-weights from the frozen model.
+weights from the frozen model. Use that for inference too: with the adapter attached, every call
+(each decoding step included) re-sorts the scores.
 """
 from __future__ import annotations
 
