@@ -26,8 +26,9 @@ setup(
         # The data layer: seqio task registries over TFDS, and their metrics.
         "tasks": TASKS,
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
-        "test": ["pytest", "torch==2.13.0", "transformers>=5", "nbclient", "nbformat", "ipykernel",
-                 "matplotlib"] + TASKS,
+        # peft: our PEFT exports are checked by loading them with PEFT itself.
+        "test": ["pytest", "torch==2.13.0", "transformers>=5", "peft>=0.21", "nbclient", "nbformat",
+                 "ipykernel", "matplotlib"] + TASKS,
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli:main"]},
 )

@@ -119,7 +119,8 @@ def register(kind: str, d: str) -> str:
     return "mlsum_de"
   import seqio
   import tensorflow as tf
-  from prompt_tuning.tasks import metrics, registry
+  from prompt_tuning import metrics
+  from prompt_tuning.tasks import registry
   src = seqio.TFExampleDataSource(
       {"train": os.path.join(d, "train.tfrecord-*"),
        "validation": os.path.join(d, "validation.tfrecord-*")},

@@ -28,25 +28,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def matmul_params(cfg):
-  d, h, k, f = cfg.d_model, cfg.num_heads, cfg.dh, cfg.d_ff
-  mlp = (3 if cfg.mlp_gated else 2) * d * f
-  enc = cfg.num_layers * (4 * d * h * k + mlp)
-  dec = cfg.n_decoder_layers * (8 * d * h * k + mlp)
-  return enc, dec, d * cfg.vocab_size
-
-
-def device_peak_tflops(dev):
-  kind = getattr(dev, "device_kind", "")
-  for name, v in PEAK_TFLOPS.items():
-    if name in kind:
-      return v
-  return None
-
-
 def run_case(size, method, a):
   import jax
   import jax.numpy as jnp
@@ -54,6 +35,7 @@ def run_case(size, method, a):
   from flax import nnx
 
   from prompt_tuning import methods, models, optim
+  from prompt_tuning.flops import peak_flops, train_step_flops
   from prompt_tuning.trainer import Trainer
 
   if a.attention == "auto":
@@ -101,13 +83,13 @@ def run_case(size, method, a):
   step_s = (time.time() - t0) / a.steps
   assert tr.trace_counts["train"] == 1, tr.trace_counts
   prompt = a.prompt_length if method == "prompt" else 0
-  n_enc, n_dec, n_head = matmul_params(cfg)
   k = 6 if method == "full" else 4
-  flops = k * (n_enc * a.batch * (a.inp_len + prompt) + (n_dec + n_head) * a.batch * a.tgt_len)
+  flops = train_step_flops(cfg, a.batch * (a.inp_len + prompt), a.batch * a.tgt_len,
+                           1.0 if method == "full" else 0.0)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
-  peak_tf = device_peak_tflops(dev)
+  peak_tf = None if peak_flops() is None else peak_flops() / len(jax.devices()) / 1e12
   tflops = flops / step_s / 1e12
   return {
       "system": f"jax{jax.__version__}+flax-nnx", "device": getattr(dev, "device_kind", str(dev)),

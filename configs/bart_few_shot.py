@@ -12,6 +12,7 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/bart_few_shot"
   c.model.update(preset="bart-base")
+  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
   c.method.name = "prompt"
   c.method.prompt.length = 50
   c.data.update(task="super_glue_rte", few_shot=True, num_train=100, num_eval=0,

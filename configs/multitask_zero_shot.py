@@ -12,6 +12,7 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/multitask_zero_shot"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
+  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
   c.method.name = "prompt"
   c.method.prompt.length = 100
   c.data.update(task=TRAIN, eval_tasks=HELD_OUT, num_train=50000, num_eval=1000,

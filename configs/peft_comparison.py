@@ -19,6 +19,7 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/peft_comparison"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
+  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
   c.data.update(num_train=0, num_eval=0, truncate=True, **TASKS["wmt14_ende"])
   c.train.update(batch_size=32, num_steps=20000, eval_every=2000, checkpoint_every=2000,
                  max_decode_length=256, max_encoder_length=1200)

@@ -16,6 +16,7 @@ def get_config():
   c.unlock()
   c.output_dir = "runs/superglue_prompt"
   c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
+  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
   c.method.name = "prompt"
   c.method.prompt.update(length=100, init="class_labels",
                          class_labels=("True", "False", "entailment", "not_entailment",

@@ -1,4 +1,4 @@
-"""``prompt-tuning {train,eval,infer,sweep} [--config FILE] [--config.KEY=VALUE ...]``.
+"""``prompt-tuning {train,eval,infer,sweep,export} [--config FILE] [--config.KEY=VALUE ...]``.
 
 Parses the flags, dispatches to prompt_tuning.run, and turns a user error into one ``error:``
 line on stderr with exit status 2. ``python -m prompt_tuning.train`` is ``prompt-tuning train``.
@@ -7,8 +7,10 @@ import json
 import os
 import sys
 
-USAGE = "usage: prompt-tuning {train,eval,infer,sweep} [--config FILE] [--config.KEY=VALUE ...]"
-COMMANDS = ("train", "eval", "infer", "sweep")
+USAGE = ("usage: prompt-tuning {train,eval,infer,sweep,export} [--config FILE] "
+         "[--config.KEY=VALUE ...]\n       prompt-tuning export ... --format {peft,hf,prompt} "
+         "--out DIR [--step N]")
+COMMANDS = ("train", "eval", "infer", "sweep", "export")
 
 
 def parse_flags(argv):
@@ -16,12 +18,17 @@ def parse_flags(argv):
   from ml_collections import config_flags
   fv = flags.FlagValues()
   default = os.path.join(os.path.dirname(__file__), "default_config.py")
+  # sys_argv: the overrides are found in ``argv`` (not sys.argv) when called from Python.
   config_flags.DEFINE_config_file("config", default, "experiment config file", flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=list(argv))
   flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
   flags.DEFINE_multi_string("input", [], "input text for `infer` (repeatable)", flag_values=fv)
   flags.DEFINE_multi_string("prompt_run", [], "TASK=RUN_DIR: mixed-task `infer` with the prompt "
                             "stored in each run (inputs then are TASK::TEXT)", flag_values=fv)
+  flags.DEFINE_list("allow_changed", [], "config keys deliberately changed from the stored run "
+                    "(train resume, eval, infer); 'all' accepts any change", flag_values=fv)
+  flags.DEFINE_string("format", "", "`export`: peft | hf | prompt", flag_values=fv)
+  flags.DEFINE_string("out", "", "`export`: output directory", flag_values=fv)
   fv(argv)
   return fv
 
@@ -47,15 +54,16 @@ def execute(command: str, argv) -> int:
     fv = parse_flags(list(argv))
     config = fv.config
     if command == "train":
-      result = loop.train(config)
+      result = loop.train(config, fv.allow_changed)
     elif command == "eval":
-      result = evaluate.evaluate(config, fv.step)
+      result = evaluate.evaluate(config, fv.step, fv.allow_changed)
     elif command == "sweep":
       result = sweep.sweep(config, sweep.load_sweep(fv["config"].config_filename))
     elif command == "infer":
-      if not fv.input:
-        raise ValueError("infer needs at least one --input")
       if fv.prompt_run:  # mixed-task batch: --prompt_run TASK=DIR, --input TASK::TEXT
+        bad = [r for r in fv.prompt_run if "=" not in r]
+        if bad:
+          raise ValueError(f"--prompt_run takes TASK=RUN_DIR; got {bad[0]!r}")
         runs = dict(r.split("=", 1) for r in fv.prompt_run)
         pairs = []
         for text in fv.input:
@@ -64,9 +72,12 @@ def execute(command: str, argv) -> int:
           pairs.append(tuple(text.split("::", 1)))
         result = {"outputs": infer.infer_mixed(config, runs, pairs, fv.step)}
       else:
-        result = {"outputs": infer.infer(config, fv.input, fv.step)}
+        result = {"outputs": infer.infer(config, fv.input, fv.step, fv.allow_changed)}
+    elif command == "export":
+      from prompt_tuning.run import export
+      result = export.export(config, fv.out, fv.format, fv.step, fv.allow_changed)
     else:
-      raise ValueError(f"unknown command {command!r}; use train, eval, infer or sweep")
+      raise ValueError(f"unknown command {command!r}; use train, eval, infer, sweep or export")
   except (ValueError, KeyError, OSError, loop.TrainingError, AttributeError) as e:
     text = error_line(e)
     if isinstance(e, AttributeError):  # ml_collections: unknown config key

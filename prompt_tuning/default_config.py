@@ -12,17 +12,21 @@ def get_config():
   c.output_dir = "runs/tiny_default"
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny",            # a T5 preset (random init), used when hf_checkpoint is empty
-      hf_checkpoint="",         # HF T5 checkpoint directory (config.json + weights)
+      hf_checkpoint="",         # HF checkpoint directory, or a Hub id in the local HF cache
       dtype="float32",          # compute dtype
       frozen_dtype="",          # dtype of the frozen weights ("" = as loaded, e.g. "bfloat16")
       remat="none",             # "none" | "full" | "dots" (rematerialise all but matmul outputs)
       scan_layers=False,        # one jax.lax.scan over the layers (fast compiles, same numbers)
       attention_impl="xla",     # "xla" | "cudnn" (fused, GPU, bfloat16)
+      allow_random_init=True,   # False: refuse to run without hf_checkpoint (paper configs)
       dropout_rate=0.0,
   ))
   # method.name picks the tuning method; method.<name> holds its options (one section per
   # module of prompt_tuning/methods, with that module's defaults).
-  c.method = ml_collections.ConfigDict(dict(name="prompt", **methods.defaults()))
+  # method.init_from: the initial trainable state instead of the method's own init: a PEFT
+  # adapter directory (prompt tuning or LoRA) or a prompt file (.npy / .safetensors / a directory
+  # written by `prompt-tuning export --format prompt`); a resumed run restores its checkpoint.
+  c.method = ml_collections.ConfigDict(dict(name="prompt", init_from="", **methods.defaults()))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="",                  # "" = the method's default (Adafactor for prompts, else AdamW)
       learning_rate=0.0,        # 0 = the method's default (0.3 for prompts)
@@ -38,12 +42,19 @@ def get_config():
       instructions=False,          # prepend each task's natural-language instruction
                                    # (task may also be "taskA+taskB": an ad-hoc mixture)
       max_input_length=48, max_target_length=8, truncate=False,
-      vocab="",                    # SentencePiece .model path ("" = the in-repo tiny vocab)
+      vocab="",                    # SentencePiece .model or tokenizer.json ("" = the checkpoint's
+                                   # own tokenizer, else the in-repo tiny vocab)
+      pack=False,                  # pack several examples per row (not with soft prompts)
+      shuffle_buffer_size=0,       # streamed seqio tasks (0: seqio's default)
+      download=False,              # let TFDS download missing datasets (else fail at once)
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=300, log_every=25, eval_every=100, checkpoint_every=100,
       max_to_keep=3, eval_batch_size=64, max_decode_length=8, z_loss=0.0,
       max_encoder_length=1024,
+      divergence_factor=10.0,      # stop when the loss stays above this x its best ...
+      divergence_patience=3,       # ... for this many logs in a row
+      record_batches=False,        # debugging: save each host's batch of every step
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1),              # (data, model); -1 = all remaining devices

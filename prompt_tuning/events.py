@@ -96,10 +96,10 @@ class EventWriter:
 class Progress:
   """A one-line progress bar on terminals (loss, tokens/s); nothing when not a TTY."""
 
-  def __init__(self, total: int, start: int = 0, stream=None):
+  def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True):
     self.total, self.start = total, start
     self.stream = stream or sys.stdout
-    self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
 
   def update(self, step: int, **info):
     if not self.enabled:

@@ -64,12 +64,59 @@ def axis_rules(mesh: Mesh | None, rules: Iterable[tuple[str, str | None]] | None
     ctx.mesh, ctx.rules = old
 
 
-def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+_DISTRIBUTED: dict = {}
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
                                  process_id: int | None = None) -> None:
-  """Calls ``jax.distributed.initialize`` for multi-host runs (no-op when not configured)."""
-  if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+  """Calls ``jax.distributed.initialize`` for multi-host runs, once per process (a sweep builds
+  many runs in one process); no-op when not configured. Asking again with other settings is an
+  error: a process cannot join a second cluster."""
+  if not coordinator_address:
+    return
+  want = (coordinator_address, num_processes, process_id)
+  if _DISTRIBUTED:
+    if _DISTRIBUTED["settings"] != want:
+      raise ValueError(f"this process already joined {_DISTRIBUTED['settings']}; cannot "
+                       f"initialize jax.distributed again with {want}")
+    return
+  # CPU processes need a collectives backend to talk to each other (tests over loopback);
+  # accelerator backends ignore this option.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  _DISTRIBUTED["settings"] = want
+
+
+def is_main_process() -> bool:
+  """Process 0 writes logs, metrics, TensorBoard events and summaries."""
+  return jax.process_index() == 0
+
+
+def gather(x) -> np.ndarray:
+  """A (possibly multi-host, sharded) array as one numpy array on every host."""
+  if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:   # e.g. a metric sum: every host holds it whole
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def allgather_objects(items: list) -> list:
+  """Concatenation, in process order, of every process's list of picklable objects (one
+  process: the list itself). Used for the raw examples behind a streamed dev set's rows."""
+  if jax.process_count() == 1:
+    return list(items)
+  import pickle
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(pickle.dumps(list(items)), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int64)))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes.ravel()), -1)
+  return [x for b, n in zip(blobs, sizes.ravel()) for x in pickle.loads(b[:n].tobytes())]
 
 
 def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices=None) -> Mesh:
@@ -147,19 +194,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def local_data_size(mesh: Mesh) -> int:
+  """How many rows of a global batch this host's devices hold per data-parallel row block:
+  a host's rows must divide evenly over its devices along ``data``."""
+  idx = mesh.axis_names.index("data")
+  local = {d.id for d in mesh.local_devices}
+  rows = {i for i, d in np.ndenumerate(mesh.devices) if d.id in local}
+  return len({i[idx] for i in rows})
+
+
 def shard_batch(batch: dict, mesh: Mesh | None):
   """Places a host-local numpy batch on the mesh, split over ``data`` along axis 0.
 
-  On several hosts each host passes its own slice; the global array is assembled from them.
+  On several hosts each host passes its own rows (see data.pipeline.host_rows); the global
+  array is assembled from them.
   """
   if mesh is None:
     return jax.tree.map(jax.numpy.asarray, batch)
   sh = batch_sharding(mesh)
-  if jax.process_count() > 1:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), batch)
-  n = mesh.shape["data"]
+  n = local_data_size(mesh) if jax.process_count() > 1 else mesh.shape["data"]
   for k, v in batch.items():
     if np.shape(v)[0] % n:
-      raise ValueError(f"batch[{k!r}] has leading size {np.shape(v)[0]}, not divisible by the "
-                       f"data-parallel mesh size {n}")
+      raise ValueError(f"batch[{k!r}] has {np.shape(v)[0]} rows on this host, not divisible by "
+                       f"its {n} data-parallel devices")
+  if jax.process_count() > 1:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), batch)
   return jax.device_put(batch, sh)

@@ -24,9 +24,15 @@ from flax import nnx, struct
 
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import optim, sharding
+from prompt_tuning.models.core import base_params
 
 PACKED_ENC_DEC = ("input_segment_ids", "input_positions", "target_segment_ids",
                   "target_positions")
+# What the steps read; anything else a data pipeline adds (example indices, raw text) stays on
+# the host.
+MODEL_KEYS = frozenset(("inputs", "input_mask", "targets", "target_weights", "tokens",
+                        "token_mask", "segment_ids", "positions", "loss_weights", "valid")
+                       + PACKED_ENC_DEC)
 
 
 @struct.dataclass
@@ -94,10 +100,13 @@ def to_decoder_only(batch: dict) -> dict:
   return out
 
 
-def _norm(tree):
-  # optax.tree.norm replaced optax.global_norm (deprecated) in newer optax releases.
-  return optax.tree.norm(tree) if hasattr(optax, "tree") and hasattr(optax.tree, "norm") \
-      else optax.global_norm(tree)
+def global_norm(tree):
+  """L2 norm of all leaves, computed without overflow: scaled by the largest magnitude first,
+  so parameters of 1e30 (finite) give a finite norm instead of inf."""
+  leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
+  m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  scale = jnp.where(m > 0, m, 1.0)
+  return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
 
 class Trainer:
@@ -127,6 +136,11 @@ class Trainer:
     self.max_encoder_length = max_encoder_length
     self.extra_length = impl.extra_encoder_length(method)
     self.decoder_only = not self.cfg.is_encoder_decoder
+    # Pre-trained weights in total and among the trainable ones (full / layers tuning): the
+    # share of weight gradients in the step's FLOPs.
+    self.num_base = methods_lib.count_params(nnx.state(model, base_params()))
+    self.num_base_trainable = methods_lib.count_params(
+        nnx.state(model, nnx.All(impl.trainable(model, method), base_params())))
     self.graphdef, trainable, frozen = methods_lib.split(model, method, frozen_dtype)
     self.num_trainable = methods_lib.count_params(trainable)
     self.num_frozen = methods_lib.count_params(frozen)
@@ -186,7 +200,8 @@ class Trainer:
   def place(self, batch: dict, for_decode: bool = False):
     """Validates a host batch, converts it for the model's architecture and puts it on the
     mesh (split over ``data``). What :meth:`step` takes."""
-    batch = complete_batch(batch, self.cfg.pad_token_id)
+    batch = complete_batch({k: v for k, v in batch.items() if k in MODEL_KEYS},
+                           self.cfg.pad_token_id)
     self.check_batch(batch)
     if for_decode:  # decoding reads only the (right-padded) inputs
       batch = {k: batch[k] for k in ("inputs", "input_mask")}
@@ -219,7 +234,23 @@ class Trainer:
     loss_sum, weight_sum, z_sum = cross_entropy(logits, labels, weights, self.z_loss)
     denom = jnp.maximum(weight_sum, 1.0)
     return loss_sum / denom, {"loss": loss_sum / denom, "z_loss": z_sum / denom,
-                              "tokens": weight_sum}
+                              "tokens": weight_sum, "real_tokens": self._real_tokens(batch)}
+
+  def _real_tokens(self, batch):
+    """Non-padding tokens the step processed (inputs and targets)."""
+    if "tokens" in batch:
+      mask = batch["segment_ids"] if "segment_ids" in batch else batch["token_mask"]
+      return jnp.sum(mask > 0)
+    return jnp.sum(batch["input_mask"] > 0) + jnp.sum(batch["target_weights"] > 0)
+
+  def padded_tokens(self, placed) -> tuple[int, int]:
+    """(encoder, decoder) positions a placed batch computes, prompt included: the FLOP count's
+    token numbers (decoder-only: all positions count as decoder positions)."""
+    if self.decoder_only:
+      b, n = placed["tokens"].shape
+      return 0, b * (n + self.extra_length)
+    b, s = placed["inputs"].shape
+    return b * (s + self.extra_length), b * placed["targets"].shape[1]
 
   def _train_step(self, state: TrainState, frozen, batch):
     self.trace_counts["train"] += 1
@@ -234,8 +265,8 @@ class Trainer:
       aux["finite"] = jnp.logical_and(
           jnp.isfinite(aux["loss"]),
           jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])))
-      aux["grad_norm"] = _norm(grads)
-      aux["param_norm"] = _norm(params)
+      aux["grad_norm"] = global_norm(grads)
+      aux["param_norm"] = global_norm(params)
       return TrainState(state.step + 1, params, opt_state), aux
 
   def _eval_step(self, params, frozen, batch):
@@ -273,17 +304,17 @@ class Trainer:
     return self._eval(params, self.frozen, self.place(batch))
 
   def evaluate(self, params, batches) -> dict:
-    """Token-weighted loss, perplexity and teacher-forced sequence accuracy over batches
-    (rows with ``valid`` False are ignored)."""
+    """Token-weighted loss, perplexity and teacher-forced sequence accuracy (percent) over
+    batches (rows with ``valid`` False are ignored)."""
     tot = None
     for b in batches:
-      out = jax.device_get(self.eval_step(params, b))
+      out = {k: sharding.gather(v) for k, v in self.eval_step(params, b).items()}
       tot = out if tot is None else {k: tot[k] + out[k] for k in out}
     if tot is None or int(tot["count"]) == 0:
       raise ValueError("evaluate() got no examples")
     loss = float(tot["loss_sum"]) / max(float(tot["weight_sum"]), 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
-            "sequence_accuracy": float(tot["seq_correct"]) / int(tot["count"])}
+            "sequence_accuracy": 100.0 * float(tot["seq_correct"]) / int(tot["count"])}
 
   def decode(self, params, batch: dict, max_decode_len: int, prompts=None) -> np.ndarray:
     """Greedy decoding. ``prompts`` [B, L, D] gives each example its own soft prompt (mixed-task
@@ -297,4 +328,4 @@ class Trainer:
       prompts = jnp.asarray(prompts, jnp.float32)
       if prompts.ndim != 3 or prompts.shape[0] != np.shape(batch["inputs"])[0]:
         raise ValueError(f"prompts must be [batch, length, d_model], got {prompts.shape}")
-    return np.asarray(self._decode(params, self.frozen, b, int(max_decode_len), prompts))
+    return sharding.gather(self._decode(params, self.frozen, b, int(max_decode_len), prompts))

@@ -110,8 +110,11 @@ def small_config(out, **kw):
   c.train.update(batch_size=8, num_steps=6, log_every=2, eval_every=6, checkpoint_every=3,
                  eval_batch_size=32)
   for k, v in kw.items():
-    sec, key = k.split(".")
-    c[sec][key] = v
+    *sections, key = k.split(".")
+    node = c
+    for sec in sections:
+      node = node[sec]
+    node[key] = v
   c.lock()
   return c
 
@@ -131,5 +134,5 @@ def test_driver_resume_matches_uninterrupted_run(tmp_path):
   leaves_equal(sa.params, sb.params)
   assert ma["model"] == {"preset": "tiny", "init_seed": 0}
   # A different method in the same output_dir is refused.
-  with pytest.raises(ValueError, match="another model/method"):
+  with pytest.raises(ValueError, match=r"another config \(method.name: 'prompt' -> 'lora'\)"):
     loop.train(small_config(tmp_path / "b", **{"method.name": "lora"}))

@@ -17,6 +17,7 @@ import pytest
 
 from prompt_tuning import checkpoint, methods
 from prompt_tuning import train as train_lib
+from prompt_tuning.run import loop
 from tests.helpers import make_trainer, sentiment_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run():
   """A template state and the host values of steps 1 and 2 (prompt of 20x64 floats: more than
   orbax's 1 KiB inline limit, so it gets a data file of its own)."""
-  tr = make_trainer(methods.MethodConfig(prompt_length=20))
+  tr = make_trainer(methods.make("prompt", length=20))
   template = tr.init_state()
   ds = sentiment_data(32)
   states = {}
@@ -236,7 +237,7 @@ def test_template_mismatch_is_not_corruption(tmp_path, run, capsys):
   template, states = run
   save_steps(tmp_path, states)
   capsys.readouterr()
-  other = make_trainer(methods.MethodConfig(prompt_length=9)).init_state()
+  other = make_trainer(methods.make("prompt", length=9)).init_state()
   with pytest.raises(ValueError, match="does not match this model.*shape mismatch at "
                                        "params/prompt/value") as e:
     restore(tmp_path, other)
@@ -427,7 +428,7 @@ def test_training_on_a_full_disk_stops_with_one_error_line(tmp_path, monkeypatch
     return await real(self, directory, *a, **k)
 
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", full_at_step_6)
-  argv = ["train", f"--config.output_dir={out}", "--config.method.prompt_length=8",
+  argv = ["train", f"--config.output_dir={out}", "--config.method.prompt.length=8",
           "--config.data.num_train=64", "--config.data.num_eval=16",
           "--config.train.batch_size=8", "--config.train.num_steps=6",
           "--config.train.log_every=3", "--config.train.eval_every=6",
@@ -487,16 +488,16 @@ def test_a_real_write_error_inside_tensorstore_is_one_line(tmp_path):
 
 def test_training_resumes_from_the_last_good_step_when_the_latest_is_corrupt(tmp_path, capsys):
   from tests.test_checkpoint import small_config
-  cfg = small_config(tmp_path / "run", **{"method.prompt_length": 20})
-  train_lib.train(cfg)
+  cfg = small_config(tmp_path / "run", **{"method.prompt.length": 20})
+  loop.train(cfg)
   ck_dir = tmp_path / "run" / "checkpoints"
-  tr = make_trainer(methods.MethodConfig(prompt_length=20))
+  tr = make_trainer(methods.make("prompt", length=20))
   template = tr.init_state()
   good6, _ = checkpoint.Checkpointer(str(ck_dir)).restore(template)
   assert int(good6.step) == 6
   flip_to_garbage(ck_dir, 6, good6)
   capsys.readouterr()
-  result = train_lib.train(cfg)
+  result = loop.train(cfg)
   out = capsys.readouterr()
   assert "resumed from step 3" in out.out
   (w,) = [l for l in out.err.splitlines() if l.startswith("warning:")]

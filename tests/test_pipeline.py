@@ -316,7 +316,8 @@ def _line_task(tmp_path, num_files, lines_per_file):
   """A seqio task over local text files (one example per line), registered for the test."""
   import seqio
   import tensorflow as tf
-  from prompt_tuning.tasks import metrics, registry as R
+  from prompt_tuning import metrics
+  from prompt_tuning.tasks import registry as R
   from prompt_tuning.data.synthetic import NEUTRAL, POSITIVE
   words = sorted(set(NEUTRAL))  # known to the tiny vocabulary (digits are not)
   for f in range(num_files):

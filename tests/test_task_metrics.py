@@ -1,7 +1,7 @@
 """Task metrics on hand-made predictions (no TensorFlow needed)."""
 import pytest
 
-from prompt_tuning.tasks import metrics as M
+from prompt_tuning import metrics as M
 
 
 def test_accuracy_and_f1():

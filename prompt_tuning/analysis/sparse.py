@@ -131,8 +131,7 @@ def sparsify_run(config, fraction: float, step: int | None = None) -> dict:
   from prompt_tuning import checkpoint as ckpt_lib
   from prompt_tuning.run import build, evaluate
   exp = build.build(config)
-  vocab, trainer, eval_sets = exp.vocab, exp.trainer, exp.eval_sets
-  template = trainer.init_state()
+  template = exp.trainer.init_state()
   pre = jax.tree.map(np.asarray, template.params)  # the tuned variables' starting values
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   state, _ = ckpt.restore(template, step)
@@ -147,8 +146,8 @@ def sparsify_run(config, fraction: float, step: int | None = None) -> dict:
       "kept_entries": int(sum(len(v[0]) for v in diff.values())),
       "total_entries": int(sum(r["numel"] for r in rows)),
       "per_layer": per_layer(rows), "per_parameter": rows,
-      "eval_dense": evaluate.evaluate_all(trainer, vocab, eval_sets, state.params, config),
-      "eval_sparse": evaluate.evaluate_all(trainer, vocab, eval_sets, sparse_params, config),
+      "eval_dense": evaluate.evaluate_all(exp, state.params),
+      "eval_sparse": evaluate.evaluate_all(exp, sparse_params),
   }
   with open(os.path.join(out, "distances.json"), "w") as f:
     json.dump(report, f, indent=1)

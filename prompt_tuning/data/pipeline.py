@@ -416,7 +416,7 @@ class InMemoryIterator:
 
       self.packer = Packer(sizes, cap, global_batch_size, mins, max_pending)
     if start_step:
-      self._skip_to(start_step)
+      self.skip_to(start_step)
 
   # -- stream
   def _examples(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -429,7 +429,8 @@ class InMemoryIterator:
         idx[sel] = st.indices(tpos[sel])
     return task, idx
 
-  def _skip_to(self, step: int):
+  def skip_to(self, step: int):
+    """Positions the iterator at ``step`` (resuming without a saved state)."""
     if self.packer is None:
       self.step = step
     else:

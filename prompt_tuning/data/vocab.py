@@ -18,7 +18,11 @@ class SentencePieceVocab:
     if not os.path.exists(model_path):
       raise FileNotFoundError(f"SentencePiece model {model_path!r} does not exist")
     self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(f"{model_path!r} is not a SentencePiece model ({e}); give a .model file "
+                       f"written by SentencePiece, or a tokenizer.json") from e
     if self.sp.pad_id() != PAD_ID or self.sp.eos_id() != EOS_ID:
       raise ValueError(f"{model_path!r}: expected T5 conventions pad=0, eos=1, got pad="
                        f"{self.sp.pad_id()}, eos={self.sp.eos_id()}")
@@ -77,9 +81,23 @@ def default_vocab(vocab_size: int = 200, cache_dir: str | None = None) -> Senten
 
 
 class HFTokenizerVocab:
-  """A Hugging Face ``tokenizer.json`` (BPE for BART / GPT-2, etc.) through ``tokenizers``."""
+  """A Hugging Face ``tokenizer.json`` (BPE for BART / GPT-2 / Llama, etc.) through ``tokenizers``.
 
-  def __init__(self, path: str, pad_token: str = "<pad>", eos_token: str = "</s>"):
+  Special ids: the ``eos_token`` / ``pad_token`` / ``bos_token`` that ``tokenizer_config.json``
+  (or ``special_tokens_map.json``) next to the file declares, else the conventional names
+  (``</s>`` or ``<|endoftext|>``; ``<pad>``); ``eos_id`` / ``pad_id`` override them (a checkpoint's
+  own ids). A tokenizer without a pad token (GPT-2, Llama) pads with EOS unless ``pad_id`` is
+  given; ``has_pad`` says which.
+
+  ``encode(text)`` is what ``tokenizer(text)`` gives minus a trailing EOS: the tokenizer's own
+  leading special tokens (BART's ``<s>``, Llama's BOS) are kept, and the data layer appends EOS
+  to every sequence (T5 / BART append ``</s>`` themselves; GPT-2 adds nothing). With
+  ``special_tokens=False`` no special token is added at all.
+  """
+
+  def __init__(self, path: str, pad_token: str = "<pad>", eos_token: str = "</s>", *,
+               eos_id: int | None = None, pad_id: int | None = None,
+               special_tokens: bool = True):
     if os.path.isdir(path):
       path = os.path.join(path, "tokenizer.json")
     if not os.path.exists(path):
@@ -87,21 +105,39 @@ class HFTokenizerVocab:
     from tokenizers import Tokenizer
     self.path = path
     self.tok = Tokenizer.from_file(path)
-    eos = self.tok.token_to_id(eos_token)
+    declared = tokenizer_special_tokens(os.path.dirname(path))
+    ids = {k: self.tok.token_to_id(v) for k, v in declared.items()}
+    for key, value in declared.items():
+      if ids[key] is None:
+        raise ValueError(f"{path!r}: the declared {key} {value!r} is not in the vocabulary")
+    eos = ids.get("eos_token")
+    if eos is None:
+      eos = self.tok.token_to_id(eos_token)
     if eos is None:
       eos = self.tok.token_to_id("<|endoftext|>")
+    if eos_id is not None:
+      eos = eos_id
     if eos is None:
       raise ValueError(f"{path!r}: no {eos_token!r} or '<|endoftext|>' token")
-    pad = self.tok.token_to_id(pad_token)
+    pad = ids.get("pad_token", self.tok.token_to_id(pad_token))
+    self.has_pad = pad is not None
     self.eos_id = eos
-    self.pad_id = eos if pad is None else pad
+    self.pad_id = pad_id if pad_id is not None else (eos if pad is None else pad)
+    self.bos_id = ids.get("bos_token")
+    self.special_tokens = special_tokens
+    # Whether the tokenizer's post-processor appends EOS (T5, BART): then encode drops it.
+    empty = self.tok.encode("", add_special_tokens=True).ids if special_tokens else []
+    self._drop_eos = bool(empty) and empty[-1] == self.eos_id
 
   @property
   def vocab_size(self) -> int:
     return self.tok.get_vocab_size()
 
   def encode(self, text: str) -> list[int]:
-    return list(self.tok.encode(text, add_special_tokens=False).ids)
+    ids = list(self.tok.encode(text, add_special_tokens=self.special_tokens).ids)
+    if self._drop_eos and ids and ids[-1] == self.eos_id:
+      ids = ids[:-1]
+    return ids
 
   def decode(self, ids) -> str:
     out = []
@@ -112,6 +148,29 @@ class HFTokenizerVocab:
       if i != self.pad_id and 0 <= i < self.vocab_size:
         out.append(i)
     return self.tok.decode(out)
+
+
+def tokenizer_special_tokens(directory: str) -> dict[str, str]:
+  """{"eos_token" | "pad_token" | "bos_token": token text} declared by ``tokenizer_config.json``
+  or ``special_tokens_map.json`` in ``directory`` (strings or ``{"content": ...}`` entries)."""
+  import json
+  out: dict[str, str] = {}
+  for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+    fn = os.path.join(directory, name)
+    if not os.path.exists(fn):
+      continue
+    try:
+      with open(fn) as f:
+        d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{fn}: not valid JSON ({e})") from e
+    for key in ("eos_token", "pad_token", "bos_token"):
+      v = d.get(key) if isinstance(d, dict) else None
+      if isinstance(v, dict):
+        v = v.get("content")
+      if isinstance(v, str) and v:
+        out[key] = v
+  return out
 
 
 def load(path: str):

@@ -40,8 +40,11 @@ def build(cfg: core.ModelConfig, seed: int = 0) -> core.LanguageModel:
 
 def load(path: str, *, param_dtype=None, **compute) -> core.LanguageModel:
   """Loads a Hugging Face checkpoint directory (config.json + safetensors / .bin, possibly
-  sharded) of any supported family, strictly (see hf.py). ``compute`` sets compute options
-  (dtype, remat, scan_layers, attention_impl, dropout_rate); ``param_dtype`` casts the weights."""
+  sharded) of any supported family, strictly (see hf.py); a Hub model id is read from the local
+  Hugging Face cache (interop/hub.py). ``compute`` sets compute options (dtype, remat,
+  scan_layers, attention_impl, dropout_rate); ``param_dtype`` casts the weights."""
+  from prompt_tuning.interop import hub   # a Hub model id -> its snapshot in the local cache
+  path = hub.resolve(path)
   config = hf.read_config(path)
   family = for_model_type(config.get("model_type"), path)
   return hf.load(family, path, config, param_dtype=param_dtype, **compute)

@@ -1,6 +1,6 @@
-"""An Experiment built from an ml-collections config: vocab, model, method and optimizer
-configs, trainer, mesh and datasets. Also the model factory, the task import and
-``model_reference`` (how a checkpoint finds its frozen model again).
+"""An Experiment built from an ml-collections config: vocab, model, method and optimizer configs,
+trainer, mesh, and this host's input pipelines. Also the task import and ``model_reference``
+(how a checkpoint finds its frozen model again).
 
 The calls into the model, method, trainer and data modules are kept here, in one place.
 """
@@ -11,20 +11,22 @@ import os
 import sys
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
+from prompt_tuning import interop
 from prompt_tuning import methods as methods_lib
-from prompt_tuning import optim, sharding
-from prompt_tuning.data import arrays as arrays_lib
-from prompt_tuning.data import synthetic, vocab as vocab_lib
-from prompt_tuning import models
+from prompt_tuning import models, optim, sharding
+from prompt_tuning.data import inputs, synthetic
+from prompt_tuning.data.pipeline import DECODER_ONLY, ENCODER_DECODER
+from prompt_tuning.run.validate import validate
 from prompt_tuning.trainer import Trainer
 
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything a run needs. ``train_ds`` is None and ``eval_sets`` empty when built without
-  data (inference)."""
+  """Everything a run needs. ``train_it`` (this host's training batches) is None and
+  ``eval_sets`` (name -> this host's eval batches) empty when built without data."""
   config: Any
   vocab: Any
   model: Any
@@ -32,8 +34,12 @@ class Experiment:
   optimizer: optim.OptimizerConfig
   trainer: Trainer
   mesh: Any
-  train_ds: Any = None
+  train_it: Any = None
   eval_sets: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def model_type(self) -> str:
+    return ENCODER_DECODER if self.model.cfg.is_encoder_decoder else DECODER_ONLY
 
 
 # ------------------------------------------------------------------------------ configs
@@ -59,25 +65,35 @@ def optimizer_config(config, method: methods_lib.MethodConfig) -> optim.Optimize
 
 
 def load_vocab(config):
-  return vocab_lib.load(config.data.vocab) if config.data.vocab else vocab_lib.default_vocab()
+  # data.vocab, else the checkpoint's own tokenizer (ids checked against it), else the bundled one.
+  return interop.run_vocab(config)
 
 
 def model_reference(config) -> dict:
   """How the frozen model is found again (it is never stored in tuning checkpoints)."""
-  if config.model.hf_checkpoint:
-    return {"hf_checkpoint": os.path.abspath(config.model.hf_checkpoint)}
+  if config.model.hf_checkpoint:  # a directory (absolute path) or a Hub id (as given)
+    return {"hf_checkpoint": interop.hub.reference(config.model.hf_checkpoint)}
   return {"preset": config.model.preset, "init_seed": config.seed}
 
 
 # ------------------------------------------------------------------------------ model
-def build_model(config, vocab):
-  """The frozen model: a HF checkpoint directory, or a randomly initialised preset."""
+def build_model(config):
+  """(frozen model, vocabulary). The model is a HF checkpoint directory (read before its
+  tokenizer, so a broken checkpoint is the error reported), or a randomly initialised preset
+  (refused when the config says the run needs pretrained weights)."""
   m = config.model
   compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
                  attention_impl=m.attention_impl, dropout_rate=m.dropout_rate)
   if m.hf_checkpoint:
     model = models.load(m.hf_checkpoint, **compute)
+    vocab = load_vocab(config)
   else:
+    if not m.allow_random_init:
+      raise ValueError(f"this config needs pretrained weights (model.preset={m.preset!r} would "
+                       f"be randomly initialised): set model.hf_checkpoint to a Hugging Face "
+                       f"checkpoint directory, or model.allow_random_init=True to run on random "
+                       f"weights anyway")
+    vocab = load_vocab(config)
     cfg = models.preset(m.preset, **compute)
     if vocab.vocab_size > cfg.vocab_size:
       cfg = cfg.replace(vocab_size=vocab.vocab_size)
@@ -85,7 +101,7 @@ def build_model(config, vocab):
   if vocab.vocab_size > model.cfg.vocab_size:
     raise ValueError(f"vocabulary has {vocab.vocab_size} ids but the model only "
                      f"{model.cfg.vocab_size}")
-  return model
+  return model, vocab
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -108,17 +124,23 @@ def import_tasks():
   return tasks
 
 
-def task_examples(name: str, split: str, n: int, seed: int, shuffle: bool = False,
-                  instructions: bool = False):
-  if name in synthetic.TASKS:
-    return synthetic.get_examples(name, n, seed + (0 if split == "train" else 10_000))
+def is_synthetic(name: str) -> bool:
+  return name in synthetic.TASKS
+
+
+def check_task(name: str, download: bool):
+  """Unknown task names fail here, in one line, before any data is read; TFDS data that is not
+  on disk fails fast unless downloading is asked for."""
+  if is_synthetic(name):
+    return
   try:
     tasks = import_tasks()  # needs TensorFlow / seqio
   except ImportError as e:
     raise ValueError(f"unknown task {name!r}: not a synthetic task ({sorted(synthetic.TASKS)}) "
-                     f"and the seqio task registry is unavailable ({e})") from e
-  return tasks.text_examples(name, split, n, seed=seed, shuffle=shuffle,
-                             instructions=instructions)
+                     f"and the seqio task registry is unavailable ({e}); "
+                     f"pip install -e '.[tasks]'") from e
+  tasks.check_task_name(name)
+  tasks.set_download(download)
 
 
 def resolve_tasks(config):
@@ -136,44 +158,63 @@ def resolve_tasks(config):
 
 
 # ------------------------------------------------------------------------------ experiment
-def build(config, with_data: bool = True) -> Experiment:
-  """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) the datasets."""
+def start(config):
+  """First thing every verb does: validate the config and, for a multi-host run, join the
+  cluster (before anything touches a JAX device: locks, checkpoints and models all do)."""
+  validate(config)
   sharding.maybe_initialize_distributed(config.mesh.coordinator_address or None,
                                         config.mesh.num_processes or None,
                                         config.mesh.process_id)
-  vocab = load_vocab(config)
+
+
+def build(config, with_data: bool = True) -> Experiment:
+  """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) this host's
+  training iterator and eval batches."""
+  start(config)
+  train_task, eval_tasks = resolve_tasks(config)
+  if with_data:
+    for t in (train_task,) + eval_tasks:
+      check_task(t, config.data.download)
   mcfg = method_config(config)
   ocfg = optimizer_config(config, mcfg)
-  model = build_model(config, vocab)
+  model, vocab = build_model(config)
   methods_lib.attach(model, mcfg, tokenize=vocab.encode)
+  interop.init_from(model, mcfg, config.method.init_from)  # a PEFT adapter or a prompt file
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
   trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
                     z_loss=config.train.z_loss, dropout_seed=config.seed,
                     max_encoder_length=config.train.max_encoder_length)
-  d = config.data
+  d, tc = config.data, config.train
   extra = trainer.extra_length
-  if extra + d.max_input_length > config.train.max_encoder_length:
+  if extra + d.max_input_length > tc.max_encoder_length:
     raise ValueError(f"the method's {extra} prompt positions + max_input_length "
                      f"({d.max_input_length}) exceed train.max_encoder_length "
-                     f"({config.train.max_encoder_length})")
+                     f"({tc.max_encoder_length})")
+  if d.pack and extra:
+    raise ValueError(f"method {mcfg.name!r} adds {extra} prompt positions per row, which cannot "
+                     f"serve several packed examples; set data.pack=False")
+  data_devices = mesh.shape["data"]
+  if tc.batch_size % data_devices:
+    raise ValueError(f"train.batch_size={tc.batch_size} must be a multiple of the "
+                     f"{data_devices} data-parallel devices "
+                     f"({jax.process_count()} process(es) x {jax.local_device_count()} local "
+                     f"devices, mesh.shape={tuple(config.mesh.shape)})")
   exp = Experiment(config=config, vocab=vocab, model=model, method=mcfg, optimizer=ocfg,
                    trainer=trainer, mesh=mesh)
-
-  def dataset(task, split, n):
-    few_shot = split == "train" and d.few_shot
-    ex = task_examples(task, split, n, config.seed, shuffle=few_shot,
-                       instructions=d.instructions)
-    ds = arrays_lib.ArrayDataset(
-        arrays_lib.encode_examples(ex, vocab, d.max_input_length, d.max_target_length, d.truncate),
-        seed=config.seed)
-    ds.examples = ex
-    ds.task = task
-    return ds
-
   if not with_data:
     return exp
-  train_task, eval_tasks = resolve_tasks(config)
-  exp.train_ds = dataset(train_task, "train", d.num_train)
-  exp.eval_sets = {t: dataset(t, "validation", d.num_eval) for t in (train_task,) + eval_tasks}
+  P, p = jax.process_count(), jax.process_index()
+  lengths = {"inputs": d.max_input_length, "targets": d.max_target_length}
+  exp.train_it = inputs.train_iterator(
+      train_task, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.batch_size,
+      seed=config.seed, num_examples=d.num_train, few_shot=d.few_shot,
+      instructions=d.instructions, truncate=d.truncate, pack=d.pack, model_type=exp.model_type,
+      num_processes=P, process_index=p,
+      shuffle_buffer_size=d.shuffle_buffer_size or None)
+  exp.eval_sets = {t: inputs.eval_batches(
+      t, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.eval_batch_size,
+      num_examples=d.num_eval, seed=config.seed, instructions=d.instructions,
+      truncate=d.truncate, num_processes=P, process_index=p, pad_to_multiple=data_devices)
+      for t in (train_task,) + eval_tasks}
   return exp

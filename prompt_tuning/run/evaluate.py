@@ -1,37 +1,75 @@
-"""Evaluation: loss / perplexity and decoded-output metrics on every eval set; ``evaluate``
-scores a stored checkpoint."""
+"""Evaluation over exactly the dev examples: loss / perplexity / teacher-forced sequence
+accuracy, and decoded-output metrics (the task's own, or exact-match accuracy for synthetic
+tasks and mixtures), every metric in percent. Padding rows of the last batch never count; on
+several hosts each host evaluates its rows and the predictions are gathered by example index
+before scoring. ``evaluate`` scores a stored checkpoint."""
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning.data import synthetic
-from prompt_tuning.run.build import build, import_tasks
+from prompt_tuning import metrics, sharding
+from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
+from prompt_tuning.run.validate import check_drift
 
 
-def evaluate_all(trainer, vocab, eval_sets, params, config) -> dict:
-  out = {}
-  bs = config.train.eval_batch_size
-  for name, ds in eval_sets.items():
-    m = trainer.evaluate(params, ds.eval_batches(bs))
-    preds = []
-    for b in ds.eval_batches(bs):
-      pred = trainer.decode(params, {"inputs": b["inputs"]}, config.train.max_decode_length)
-      preds += [vocab.decode(p) for p, v in zip(pred, b["valid"]) if v]
-    if name in synthetic.TASKS or name not in import_tasks().SPECS:
-      # Synthetic tasks and mixtures (no metric of their own): exact-match accuracy.
-      targets = [vocab.decode(t) for t in ds.arrays["targets"]]
-      m["accuracy"] = sum(p == t for p, t in zip(preds, targets)) / max(len(targets), 1)
-    else:
-      m.update(import_tasks().score(name, ds.examples, preds))
-    out[name] = m
-  return out
+def score(name: str, examples: list[dict], predictions: list[str]) -> dict:
+  """The task's metrics; synthetic tasks and mixtures: exact-match accuracy."""
+  if is_synthetic(name) or "+" in name:
+    return metrics.accuracy(examples, predictions)
+  tasks = import_tasks()
+  if name not in tasks.SPECS:  # a registered mixture has no metric of its own
+    return metrics.accuracy(examples, predictions)
+  return tasks.score(name, examples, predictions)
 
 
-def evaluate(config, step: int | None = None) -> dict:
+def decode_by_index(exp, params, batch: dict, prompts=None) -> dict[int, str]:
+  """Greedy decodes of this host's rows of a global batch, gathered from every host:
+  {example index: text} for the rows with ``batch["index"] >= 0``."""
+  pred = exp.trainer.decode(params, batch, exp.config.train.max_decode_length, prompts)
+  # The indices take the predictions' path through the mesh: on several hosts the global row
+  # order follows the mesh, not the process order.
+  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh)["index"])
+  return {int(i): exp.vocab.decode(p) for i, p in zip(index, pred) if i >= 0}
+
+
+def evaluate_set(exp, name: str, ev, params) -> dict:
+  trainer = exp.trainer
+  sums = None
+  by_index: dict[int, tuple] = {}
+  for batch, raw in ev:
+    out = {k: sharding.gather(v) for k, v in trainer.eval_step(params, batch).items()}
+    sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+    valid_local = [int(i) for i in batch["index"] if i >= 0]
+    raw_by_index = dict(zip(sharding.allgather_objects(valid_local),
+                            sharding.allgather_objects(raw)))
+    for i, text in decode_by_index(exp, params, batch).items():
+      by_index[i] = (raw_by_index[i], text)
+  if sums is None or int(sums["count"]) == 0:
+    raise ValueError(f"eval set {name!r} has no examples")
+  order = sorted(by_index)
+  if order != list(range(len(order))):
+    raise RuntimeError(f"eval set {name!r}: examples {len(order)} seen, indices not 0..n-1")
+  loss = float(sums["loss_sum"]) / max(float(sums["weight_sum"]), 1.0)
+  m = {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+       "sequence_accuracy": 100.0 * float(sums["seq_correct"]) / int(sums["count"]),
+       "num_examples": len(order)}
+  m.update(score(name, [by_index[i][0] for i in order], [by_index[i][1] for i in order]))
+  return m
+
+
+def evaluate_all(exp, params) -> dict:
+  return {name: evaluate_set(exp, name, ev, params) for name, ev in exp.eval_sets.items()}
+
+
+def evaluate(config, step: int | None = None, allow_changed=()) -> dict:
   """Metrics of the checkpoint at ``step`` (default: latest) in ``config.output_dir``."""
-  exp = build(config)
+  start(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "evaluate")
+  exp = build(config)
   state, _ = ckpt.restore(exp.trainer.init_state(), step)
-  return {"step": int(state.step), "eval": evaluate_all(exp.trainer, exp.vocab, exp.eval_sets,
-                                                        state.params, config)}
+  ckpt.close()
+  return {"step": int(state.step), "eval": evaluate_all(exp, state.params)}

@@ -1,8 +1,10 @@
 """Inference: decode texts with a stored run, or a mixed-task batch in which every example uses
-the soft prompt of its own task's run on one shared frozen model."""
+the soft prompt of its own task's run on one shared frozen model. On several hosts every
+process receives the same inputs, decodes its share of the rows, and the outputs are gathered."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -10,23 +12,45 @@ import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning.data import arrays as arrays_lib
-from prompt_tuning.run.build import build, model_reference
+from prompt_tuning.data.pipeline import host_rows, round_up
+from prompt_tuning.run.build import build, model_reference, start
+from prompt_tuning.run.evaluate import decode_by_index
+from prompt_tuning.run.validate import check_drift
 
 
-def infer(config, texts, step: int | None = None) -> list[str]:
-  exp = build(config, with_data=False)
+def check_texts(texts) -> list[str]:
+  if not texts:
+    raise ValueError("infer needs at least one --input")
+  for i, t in enumerate(texts):
+    if not t.strip():
+      raise ValueError(f"--input number {i + 1} is empty")
+    try:
+      t.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(f"--input number {i + 1} is not valid UTF-8 text ({e.reason} at "
+                       f"position {e.start}); pass UTF-8 encoded text") from e
+  return list(texts)
+
+
+def infer(config, texts, step: int | None = None, allow_changed=()) -> list[str]:
+  texts = check_texts(texts)
+  start(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "infer")
+  exp = build(config, with_data=False)
   state, _ = ckpt.restore(exp.trainer.init_state(), step)
-  return decode_texts(config, exp.vocab, exp.trainer, state.params, texts)
+  ckpt.close()
+  return decode_texts(exp, state.params, texts)
 
 
 def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str]],
                 step: int | None = None) -> list[str]:
   """Mixed-task inference: one shared frozen model; example i uses the soft prompt stored by
   the run of its task ``inputs[i][0]`` (``prompt_runs[task]`` = that run's output_dir)."""
+  texts = check_texts([text for _, text in inputs])
   exp = build(config, with_data=False)
   trainer = exp.trainer
-  if trainer.method.name != "prompt":
+  if exp.method.name != "prompt":
     raise ValueError("mixed-task inference needs method.name='prompt'")
   ref = json.loads(json.dumps(model_reference(config)))
   table, index = [], {}
@@ -52,13 +76,22 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
     raise ValueError(f"no prompt run given for task(s) {unknown}; have {sorted(index)}")
   prompts = np.stack(table)[[index[t] for t, _ in inputs]]
   template = trainer.init_state().params  # the prompt slot is unused: per-example prompts win
-  return decode_texts(config, exp.vocab, trainer, template, [text for _, text in inputs], prompts)
+  return decode_texts(exp, template, texts, prompts)
 
 
-def decode_texts(config, vocab, trainer, params, texts, prompts=None) -> list[str]:
-  """Greedy decodes of ``texts`` (``prompts``: optional per-example soft prompts)."""
+def decode_texts(exp, params, texts, prompts=None) -> list[str]:
+  """Greedy decodes of ``texts`` (``prompts``: optional per-example soft prompts). The rows are
+  padded to a multiple of the data-parallel devices; each host decodes its share."""
+  cfg = exp.config
+  n = len(texts)
+  g = round_up(n, math.lcm(exp.mesh.shape["data"], jax.process_count()))
   ex = [{"inputs": t, "targets": ""} for t in texts]
-  arr = arrays_lib.encode_examples(ex, vocab, config.data.max_input_length, 1, config.data.truncate)
-  pred = trainer.decode(params, {"inputs": arr["inputs"], "input_mask": arr["input_mask"]},
-                        config.train.max_decode_length, prompts=prompts)
-  return [vocab.decode(p) for p in pred]
+  arr = arrays_lib.encode_examples(ex, exp.vocab, cfg.data.max_input_length, 1,
+                                   cfg.data.truncate)
+  start, stop = host_rows(g, jax.process_count(), jax.process_index())
+  rows = np.arange(start, stop)
+  take = np.minimum(rows, n - 1)   # padding rows repeat the last input; never reported
+  batch = {"inputs": arr["inputs"][take], "input_mask": arr["input_mask"][take],
+           "index": np.where(rows < n, rows, -1).astype(np.int32)}
+  by_index = decode_by_index(exp, params, batch, None if prompts is None else prompts[take])
+  return [by_index[i] for i in range(n)]

@@ -1,5 +1,10 @@
-"""The training loop: resume from the latest checkpoint, log (metrics.jsonl, TensorBoard,
-progress), stop on a non-finite loss before it is saved, evaluate, keep the best checkpoint."""
+"""The training loop: resume (with the data iterator's state), log (loss, tokens/s, TFLOP/s,
+MFU), guard against non-finite and diverging runs, evaluate, keep the best checkpoint.
+
+Multi-host: every process runs this loop on its own rows; only process 0 writes metrics,
+TensorBoard events and the progress line. Checkpoints are written by all processes (orbax),
+each with its own data-iterator state.
+"""
 from __future__ import annotations
 
 import json
@@ -8,105 +13,195 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
-from prompt_tuning import methods, runlock
-from prompt_tuning.run.build import build, model_reference
+from prompt_tuning import flops as flops_lib
+from prompt_tuning import methods, runlock, sharding
+from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import evaluate_all
+from prompt_tuning.run.validate import as_json, check_drift
+from prompt_tuning.trainer import global_norm
 
 
 class TrainingError(RuntimeError):
   pass
 
 
-def append_jsonl(path, record):
+def append_jsonl(path: str, record: dict):
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
 
-def train(config) -> dict:
+def run_meta(exp) -> dict:
+  """What every checkpoint records about its run (JSON data)."""
+  return json.loads(json.dumps({"method": methods.describe(exp.method),
+                                "model": model_reference(exp.config),
+                                "config": as_json(exp.config)}))
+
+
+class DivergenceGuard:
+  """Stops a run whose loss explodes or whose trainable parameters run away, before anything
+  of it is logged as good or saved.
+
+  Diverged: the logged loss stays above ``factor`` times the lowest loss logged so far for
+  ``patience`` logs in a row, or the trainable parameters' norm grows ``PARAM_GROWTH`` fold
+  from its value at the start (lr 1e30 with Adafactor's clipped updates keeps everything
+  finite while prompts reach 1e30)."""
+  PARAM_GROWTH = 1e4
+
+  def __init__(self, factor: float, patience: int, start_norm: float):
+    self.factor, self.patience = factor, patience
+    self.best_loss = math.inf
+    self.first_norm = max(start_norm, 1e-12)
+    self.bad = 0
+
+  def check(self, step: int, loss: float, param_norm: float) -> str | None:
+    if not math.isfinite(loss):
+      return f"loss became {loss} at step {step}"
+    if not math.isfinite(param_norm):
+      return f"parameters became non-finite at step {step}"
+    if param_norm > self.PARAM_GROWTH * self.first_norm:
+      growth = param_norm / self.first_norm
+      return (f"parameters diverged at step {step} (norm {param_norm:.3g}, {growth:.3g} times "
+              f"its value {self.first_norm:.3g} at the start)")
+    self.bad = self.bad + 1 if loss > self.factor * self.best_loss else 0
+    if self.bad >= self.patience:
+      return (f"loss diverged at step {step} ({loss:.4g}, above {self.factor:g} x the best "
+              f"{self.best_loss:.4g} for {self.patience} logs)")
+    self.best_loss = min(self.best_loss, loss)
+    return None
+
+
+def restore_data_state(it, data_state, step: int, allow_changed):
+  """Puts the training iterator where the checkpoint's left it. Without a saved state
+  (checkpoints from before data states), or when data keys were changed on purpose, an
+  in-memory iterator is moved to ``step`` (its batches depend only on the step)."""
+  changed_data = any(k == "all" or k.startswith("data.") for k in allow_changed)
+  if data_state is not None and not changed_data:
+    it.set_state(data_state)
+  elif hasattr(it, "skip_to"):
+    it.skip_to(step)
+  else:
+    raise TrainingError(f"checkpoint step {step} has no usable data-iterator state, so the "
+                        f"streamed training data cannot resume where it stopped")
+
+
+def train(config, allow_changed=()) -> dict:
   """Runs (or resumes) training; returns the final evaluation metrics. Holds output_dir's run
   lock throughout: a second run writing the same output_dir is refused."""
+  start(config)
   with runlock.RunLock(config.output_dir):
-    return _train(config)
+    return _train(config, allow_changed)
 
 
-def _train(config) -> dict:
+def _train(config, allow_changed) -> dict:
   exp = build(config)
-  vocab, trainer, train_ds, eval_sets = exp.vocab, exp.trainer, exp.train_ds, exp.eval_sets
+  trainer, tc = exp.trainer, config.train
+  main = sharding.is_main_process()
   os.makedirs(config.output_dir, exist_ok=True)
   log_path = os.path.join(config.output_dir, "metrics.jsonl")
-  meta = json.loads(json.dumps({"method": methods.describe(trainer.method),
-                                "model": model_reference(config),
-                                "config": json.loads(config.to_json())}))
+  meta = run_meta(exp)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
-                               max_to_keep=config.train.max_to_keep)
+                               max_to_keep=tc.max_to_keep)
   # The checkpoint with the lowest perplexity on the training task's dev split.
   best = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "best"), max_to_keep=1)
-  best_ppl = best.read_meta().get("dev_perplexity", float("inf")) \
-      if best.latest_step() is not None else float("inf")
-  main_task = next(iter(eval_sets))
+  best_ppl = best.read_meta().get("dev_perplexity", math.inf) \
+      if best.latest_step() is not None else math.inf
+  main_task = next(iter(exp.eval_sets))
   state = trainer.init_state()
   if ckpt.latest_step() is not None:
-    old = ckpt.read_meta()
-    if old.get("method") != meta["method"] or old.get("model") != meta["model"]:
-      raise ValueError(f"{config.output_dir}: existing checkpoints were made with another "
-                       f"model/method ({old.get('model')}, {old.get('method', {}).get('name')}); "
-                       f"use a new output_dir")
-    state, _ = ckpt.restore(state)
-    print(f"resumed from step {int(state.step)}", flush=True)
-  print(f"method={trainer.method.name} trainable={trainer.num_trainable:,} "
-        f"frozen={trainer.num_frozen:,} devices={jax.device_count()}", flush=True)
-  tc = config.train
+    check_drift(ckpt.read_meta().get("config", {}), config, allow_changed, "resume")
+    state, _, data_state = ckpt.restore(state, with_data_state=True)
+    restore_data_state(exp.train_it, data_state, int(state.step), allow_changed)
+    if main:
+      print(f"resumed from step {int(state.step)}", flush=True)
+  if main:
+    print(f"method={trainer.method.name} trainable={trainer.num_trainable:,} "
+          f"frozen={trainer.num_frozen:,} devices={jax.device_count()} "
+          f"processes={jax.process_count()}", flush=True)
   start = int(state.step)
-  tb = events_lib.EventWriter(os.path.join(config.output_dir, "tensorboard"))
-  bar = events_lib.Progress(tc.num_steps, start)
-  t0, tokens = time.time(), 0.0
+  tb = events_lib.EventWriter(os.path.join(config.output_dir, "tensorboard")) if main else None
+  bar = events_lib.Progress(tc.num_steps, start, enabled=main)
+  guard = DivergenceGuard(tc.divergence_factor, tc.divergence_patience,
+                          float(global_norm(state.params)))
+  base_fraction = trainer.num_base_trainable / max(trainer.num_base, 1)
+  peak = flops_lib.peak_flops()
+  t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
+
+  def stop(reason: str):
+    last = ckpt.latest_step()
+    ckpt.close()
+    best.close()
+    raise TrainingError(f"{reason}; stopped. Last good checkpoint: "
+                        f"{'none' if last is None else f'step {last}'} in {ckpt.directory}")
+
   for step in range(start, tc.num_steps):
-    batch = train_ds.train_batch(step, tc.batch_size)
-    state, aux = trainer.train_step(state, batch)
-    tokens += batch["inputs"].size + batch["targets"].size
+    batch = next(exp.train_it)
+    if tc.record_batches:  # debugging / tests: this host's rows of every step
+      np.savez(os.path.join(config.output_dir, f"batch_{step}_p{jax.process_index()}.npz"),
+               **batch)
+    placed = trainer.place(batch)
+    state, aux = trainer.step(state, placed)
+    if step == start:  # the first step compiles: throughput counts the steps after it
+      jax.block_until_ready(aux["loss"])
+      t0 = time.time()
+    else:
+      step_flops += flops_lib.train_step_flops(exp.model.cfg, *trainer.padded_tokens(placed),
+                                               base_fraction)
+      tokens = tokens + aux["real_tokens"]   # on device: no sync per step
+      timed += 1
     s = step + 1
     save_now = s % tc.checkpoint_every == 0 or s == tc.num_steps
-    if save_now or s % tc.log_every == 0:
-      # Checked before anything is logged or saved: a non-finite loss never reaches a checkpoint.
+    log_now = s % tc.log_every == 0 or s == tc.num_steps
+    if save_now or log_now:
+      # Checked before anything is logged or saved: a diverged state never reaches a checkpoint.
       loss = float(aux["loss"])
-      if not math.isfinite(loss) or not bool(aux["finite"]):
-        last = ckpt.latest_step()
-        ckpt.close()
-        what = f"loss became {loss}" if not math.isfinite(loss) else "parameters became non-finite"
-        raise TrainingError(f"{what} at step {s}; stopped. Last good checkpoint: "
-                            f"{'none' if last is None else f'step {last}'} in {ckpt.directory}")
-    if s % tc.log_every == 0 or s == tc.num_steps:
-      dt = time.time() - t0
+      reason = guard.check(s, loss, float(aux["param_norm"]))
+      if reason is None and not bool(aux["finite"]):
+        reason = f"parameters became non-finite at step {s}"
+      if reason:
+        stop(reason)
+    if log_now:
+      dt = max(time.time() - t0, 1e-9)
       rec = {"step": s, "loss": loss, "grad_norm": float(aux["grad_norm"]),
-             "tokens_per_s": tokens / max(dt, 1e-9)}
-      if bar.enabled:
-        bar.update(s, loss=loss, tok_s=rec["tokens_per_s"])
-      else:
-        print(f"step {s:6d}  loss {loss:.4f}  {rec['tokens_per_s']:,.0f} tok/s", flush=True)
-      append_jsonl(log_path, rec)
-      tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
-      t0, tokens = time.time(), 0.0
+             "param_norm": float(aux["param_norm"])}
+      if timed:  # throughput of the steps since the last log (none: only the compiling step)
+        rec.update(tokens_per_s=float(tokens) / dt, tflops_per_s=step_flops / dt / 1e12)
+        if peak:
+          rec["mfu"] = step_flops / dt / peak
+      if main:
+        speed = "" if not timed else (
+            f"  {rec['tokens_per_s']:,.0f} tok/s  {rec['tflops_per_s']:.3g} TFLOP/s"
+            + (f"  MFU {rec['mfu']:.1%}" if peak else ""))
+        if bar.enabled:
+          bar.update(s, loss=loss, tok_s=rec.get("tokens_per_s", 0.0))
+        else:
+          print(f"step {s:6d}  loss {loss:.4f}{speed}", flush=True)
+        append_jsonl(log_path, rec)
+        tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
+      t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
     if save_now:
-      metrics = None
       if s % tc.eval_every == 0 or s == tc.num_steps:
-        metrics = evaluate_all(trainer, vocab, eval_sets, state.params, config)
-        append_jsonl(log_path, {"step": s, "eval": metrics})
-        tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
-        bar.close()
-        print(f"eval step {s}: " + "; ".join(
-            f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
-            for t, m in metrics.items()), flush=True)
+        metrics = evaluate_all(exp, state.params)
+        if main:
+          append_jsonl(log_path, {"step": s, "eval": metrics})
+          tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+          bar.close()
+          print(f"eval step {s}: " + "; ".join(
+              f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+              for t, m in metrics.items()), flush=True)
         ppl = metrics[main_task]["perplexity"]
         if ppl < best_ppl:
           best_ppl = ppl
           best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
-      ckpt.save(state, meta)
+      ckpt.save(state, meta, data_state=exp.train_it.get_state())
+      t0 = time.time()   # evaluation and saving are not training time
   bar.close()
-  tb.close()
-  final = evaluate_all(trainer, vocab, eval_sets, state.params, config)
+  if tb is not None:
+    tb.close()
+  final = evaluate_all(exp, state.params)
   ckpt.close()
   result = {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
   if best.latest_step() is not None:

@@ -15,12 +15,11 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerators for JAX
 
-from prompt_tuning.tasks import metrics  # noqa: E402,F401
 from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPECS,  # noqa: E402
                                           TRAIN_SIZES, TaskSpec, adhoc_mixture, add_task,
-                                          instruction_mixture,
-                                          instruction_task, register_all, register_mlsum,
-                                          set_vocabulary, summarize_prefix, vocabulary_path)
+                                          instruction_mixture, instruction_task, register_all,
+                                          register_mlsum, set_download, set_vocabulary,
+                                          summarize_prefix, vocabulary_path)
 
 register_all()
 
@@ -51,6 +50,15 @@ def provider(name: str, instructions: bool = False):
     return seqio.get_mixture_or_task(name)  # registered elsewhere (e.g. benchmarks)
   _spec(name)
   return seqio.get_mixture_or_task(name)
+
+
+def check_task_name(name: str):
+  """Raises a one-line ValueError for a name that is no task, mixture or "a+b" mixture."""
+  for sub in name.split("+"):
+    base = sub.split(":")[0]
+    if base not in SPECS and base not in seqio.MixtureRegistry.names() and \
+        base not in seqio.TaskRegistry.names():
+      raise ValueError(f"unknown task {base!r}; registered: {', '.join(TASK_NAMES)}")
 
 
 def mixture_tasks(name: str) -> list[tuple[str, float]]:

@@ -25,7 +25,7 @@ from typing import Callable
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.tasks import metrics as M
+from prompt_tuning import metrics as M
 
 TFDS_VERSIONS = {"super_glue": "1.0.2", "glue": "2.0.0", "wmt14_translate": "1.0.0",
                  "wmt19_translate": "1.0.0", "cnn_dailymail": "3.4.0"}
@@ -353,10 +353,34 @@ def instruction_mixture(name: str) -> seqio.Mixture:
   return seqio.Mixture(f"{name}_with_instructions", tasks)
 
 
+_DOWNLOAD = {"allowed": False}
+
+
+def set_download(allowed: bool):
+  """Lets TFDS download and prepare missing datasets (off by default: see _TfdsSource)."""
+  _DOWNLOAD["allowed"] = bool(allowed)
+
+
+class _TfdsSource(seqio.TfdsDataSource):
+  """A TFDS source that reads only what is on disk unless downloading was asked for: without
+  the data, TFDS would spend minutes in download retries and end in a long traceback."""
+
+  def get_dataset(self, *args, **kwargs):
+    self.tfds_dataset._read_only = not _DOWNLOAD["allowed"]
+    try:
+      return super().get_dataset(*args, **kwargs)
+    except AssertionError as e:  # tfds: "Dataset X: could not find data in DIR ..."
+      name = self.tfds_dataset.name.split(":")[0]
+      where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} is not prepared in {where} (TFDS_DATA_DIR): build it with "
+          f"`tfds build {name}` (needs internet) or set data.download=True") from e
+
+
 def _tfds(name, config=None):
   family = name
   full = f"{name}/{config}" if config else name
-  return seqio.TfdsDataSource(f"{full}:{TFDS_VERSIONS[family]}")
+  return _TfdsSource(f"{full}:{TFDS_VERSIONS[family]}", read_only=True)
 
 
 def _mixture(name, tasks):
