@@ -191,21 +191,27 @@ def test_prefix_with_packed_sequences_equals_unpacked():
   """Every packed segment sees the whole prefix, at positions 0..P-1 of its own."""
   rng = np.random.RandomState(0)
   a, b = rng.randint(3, 256, 5), rng.randint(3, 256, 4)
+  run = jax.jit(lambda m, args, kw: m(*args, **kw))   # one compile per shape, no eager dispatch
   m = tiny_model("tiny-llama")
   methods.attach(m, methods.make("prefix", length=3, projection=False, init_std=0.5))
-  packed = np.asarray(m(np.concatenate([a, b, [0]])[None],
-                        segment_ids=np.array([[1] * 5 + [2] * 4 + [0]]),
-                        positions=np.array([list(range(5)) + list(range(4)) + [0]])))[0]
-  np.testing.assert_allclose(packed[:5], np.asarray(m(a[None]))[0], atol=1e-4)
-  np.testing.assert_allclose(packed[5:9], np.asarray(m(b[None]))[0], atol=1e-4)
+  seq = np.stack([np.concatenate([a, b]), np.concatenate([b, a])])   # one packed row, and
+  seg = np.array([[1] * 5 + [2] * 4, [1] * 4 + [2] * 5])              # the same two examples
+  pos = np.array([list(range(5)) + list(range(4)), list(range(4)) + list(range(5))])
+  packed = np.asarray(run(m, (seq,), dict(segment_ids=seg, positions=pos)))
+  alone = np.asarray(run(m, (np.stack([a[:4], b]), np.array([[1] * 4, [1] * 4])), {}))
+  np.testing.assert_allclose(packed[0, :4], alone[0], atol=1e-4)   # a's first 4 tokens
+  np.testing.assert_allclose(packed[0, 5:], alone[1], atol=1e-4)   # b after a
+  np.testing.assert_allclose(packed[1, :4], alone[1], atol=1e-4)   # b first
   m = tiny_model("tiny")
   methods.attach(m, methods.make("prefix", length=3, projection=False, init_std=0.5))
-  packed = np.asarray(m(np.concatenate([a, b])[None], None, np.concatenate([b[:3], a[:2]])[None],
-                        input_segment_ids=np.array([[1] * 5 + [2] * 4]),
-                        input_positions=np.array([list(range(5)) + list(range(4))]),
-                        target_segment_ids=np.array([[1] * 3 + [2] * 2]),
-                        target_positions=np.array([[0, 1, 2, 0, 1]])))[0]
-  np.testing.assert_allclose(packed[:3], np.asarray(m(a[None], np.ones((1, 5)), b[None, :3]))[0],
-                             atol=1e-4)
-  np.testing.assert_allclose(packed[3:], np.asarray(m(b[None], np.ones((1, 4)), a[None, :2]))[0],
-                             atol=1e-4)
+  packed = np.asarray(run(m, (np.concatenate([a, b])[None], None,
+                              np.concatenate([b[:3], a[:3]])[None]),
+                          dict(input_segment_ids=np.array([[1] * 5 + [2] * 4]),
+                               input_positions=np.array([list(range(5)) + list(range(4))]),
+                               target_segment_ids=np.array([[1] * 3 + [2] * 3]),
+                               target_positions=np.array([[0, 1, 2, 0, 1, 2]]))))[0]
+  enc = np.stack([a, np.concatenate([b, [0]])])
+  enc_mask = np.array([[1] * 5, [1] * 4 + [0]])
+  alone = np.asarray(run(m, (enc, enc_mask, np.stack([b[:3], a[:3]])), {}))
+  np.testing.assert_allclose(packed[:3], alone[0], atol=1e-4)
+  np.testing.assert_allclose(packed[3:], alone[1], atol=1e-4)

@@ -92,8 +92,7 @@ def analyze(config, metric: str = "accuracy") -> list[dict]:
     row["sparsity"] = row["sparsity"] or sparsity
     if untuned is None:   # the pre-trained model: a 'layers' run's initial parameters
       exp = build_lib.build(run_cfg)
-      untuned = evaluate_lib.evaluate_all(exp.trainer, exp.vocab, exp.eval_sets,
-                                          exp.trainer.init_state().params, run_cfg)
+      untuned = evaluate_lib.evaluate_all(exp, exp.trainer.init_state().params)
   if not rows:
     raise ValueError(f"{out_dir}: no single-layer 'layers' or 'mask' runs in results.jsonl")
   table = []
