@@ -37,7 +37,7 @@ def param_distances(pretrained, tuned) -> list[dict]:
     cos = float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else 1.0
     rows.append({"path": path, "l2": float(diff), "rel_l2": float(diff / na) if na > 0 else 0.0,
                  "angle_deg": float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
-                 "numel": int(a.size)})
+                 "numel": int(a.size), "norm_pre": float(na), "norm_tuned": float(nb)})
   if not rows:
     raise ValueError("the two parameter trees share no parameter paths")
   return rows
@@ -49,16 +49,28 @@ def layer_of(path: str) -> str:
 
 
 def per_layer(rows: list[dict]) -> dict[str, dict]:
-  """Aggregates rows by layer: L2 of the concatenated change, relative to the layer's norm."""
+  """Aggregates rows by layer: L2 of the concatenated change, relative to the layer's norm, and
+  the angle between the layer's concatenated pre-trained and tuned weights."""
   out: dict[str, dict] = {}
   for r in rows:
-    g = out.setdefault(layer_of(r["path"]), {"sq_diff": 0.0, "sq_pre": 0.0, "numel": 0})
+    g = out.setdefault(layer_of(r["path"]), {"sq_diff": 0.0, "sq_pre": 0.0, "sq_tuned": 0.0,
+                                             "dot": 0.0, "numel": 0})
+    na = r.get("norm_pre", r["l2"] / r["rel_l2"] if r["rel_l2"] > 0 else 0.0)
+    nb = r.get("norm_tuned", na)
     g["sq_diff"] += r["l2"] ** 2
-    g["sq_pre"] += (r["l2"] / r["rel_l2"]) ** 2 if r["rel_l2"] > 0 else 0.0
+    g["sq_pre"] += na ** 2
+    g["sq_tuned"] += nb ** 2
+    g["dot"] += na * nb * np.cos(np.radians(r["angle_deg"]))
     g["numel"] += r["numel"]
-  return {k: {"l2": v["sq_diff"] ** 0.5,
+  res = {}
+  for k, v in out.items():
+    norms = (v["sq_pre"] * v["sq_tuned"]) ** 0.5
+    cos = v["dot"] / norms if norms > 0 else 1.0
+    res[k] = {"l2": v["sq_diff"] ** 0.5,
               "rel_l2": (v["sq_diff"] / v["sq_pre"]) ** 0.5 if v["sq_pre"] > 0 else 0.0,
-              "numel": v["numel"]} for k, v in out.items()}
+              "angle_deg": float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
+              "numel": v["numel"]}
+  return res
 
 
 def sparsify(pretrained, tuned, fraction: float) -> dict[str, tuple]:

@@ -18,10 +18,12 @@ Every weight carries logical axis names (``axes`` metadata) that :mod:`prompt_tu
 maps to mesh axes, and its initialiser (``init`` metadata) so :func:`init_random` can build large
 models parameter by parameter.
 
-Tuning methods attach through two hooks and never edit this module: ``Dense.adapter`` (a module
-called as ``adapter(dense, x)`` instead of ``dense.base(x)``: LoRA, IA3, masks) and the model's
+Tuning methods attach through hooks and never edit this module: ``Dense.adapter`` (a module
+called as ``adapter(dense, x)`` instead of ``dense.base(x)``: LoRA, IA3, masks), the model's
 ``prompt`` slot (a ``PromptParam`` inserted into the embedded input by its
-:class:`PromptLayout`; optionally with a per-task table, ``task_prompts``).
+:class:`PromptLayout`; optionally with a per-task table, ``task_prompts``) and
+``Stack.kv_prefix`` (per-layer keys/values prepended to every self-attention of a stack: prefix
+tuning).
 """
 from __future__ import annotations
 
@@ -528,11 +530,13 @@ class Attention(nnx.Module):
     return k, v
 
   def __call__(self, x, mask, *, kv_x=None, kv=None, bias=None, positions=None, layer_idx=0,
-               cache=None, cache_index=None):
+               cache=None, cache_index=None, prefix=None):
     """x [B, Q, D]. Keys/values from ``kv`` (precomputed), else ``kv_x`` (cross), else x.
 
     ``cache`` (k, v) [B, T, G, D] is updated at ``cache_index`` (a scalar offset, or one
     buffer index per row for a single decoding step) and attended over in full.
+    ``prefix`` (k, v) [P, G, D]: keys/values put in front of the keys (after the cache update,
+    so the cache never holds them); ``mask`` and ``bias`` then cover P + K keys (Stack).
     Returns (output, new cache or None).
     """
     q = self.q(x)
@@ -551,6 +555,9 @@ class Attention(nnx.Module):
         ck = ck.at[rows, cache_index].set(k[:, 0].astype(ck.dtype))
         cv = cv.at[rows, cache_index].set(v[:, 0].astype(cv.dtype))
       k, v = new_cache = (ck, cv)
+    if prefix is not None:
+      pk, pv = (jnp.broadcast_to(p.astype(k.dtype), (k.shape[0],) + p.shape) for p in prefix)
+      k, v = jnp.concatenate([pk, k], axis=1), jnp.concatenate([pv, v], axis=1)
     k = constrain(k, ("batch", "length", "kv_heads", "kv"))
     v = constrain(v, ("batch", "length", "kv_heads", "kv"))
     scale = self.scale
@@ -585,7 +592,7 @@ class Block(nnx.Module):
     return norm(x + dropout(fn(x), self.rate, rng))
 
   def __call__(self, x, inp: AttentionInputs, layer_idx, sliding, cache=None, cross_kv=None,
-               rng=None):
+               rng=None, prefix=None):
     r = list(jax.random.split(rng, 4)) if rng is not None else [None] * 4
     mask = inp.mask
     if self.windowed:
@@ -595,7 +602,7 @@ class Block(nnx.Module):
 
     def self_attn(h):
       out, c = self.attn(h, mask, bias=inp.bias, positions=inp.positions, layer_idx=layer_idx,
-                         cache=cache, cache_index=inp.cache_index)
+                         cache=cache, cache_index=inp.cache_index, prefix=prefix)
       new_cache.append(c)
       return out
 
@@ -609,7 +616,15 @@ class Block(nnx.Module):
 
 class Stack(nnx.Module):
   """Positions, embedding norm, the layers, final norm. ``kind``: "encoder", "decoder" (with
-  cross-attention) or "decoder_only"."""
+  cross-attention) or "decoder_only".
+
+  ``kv_prefix`` is the prefix-tuning hook: when set, ``kv_prefix()`` returns (k, v), each
+  [layers, P, kv_heads, head_dim], put in front of every self-attention's keys/values. As in
+  Hugging Face's past-key-values path, the prefix takes positions 0..P-1: token positions are
+  shifted by P (learned positions, RoPE, T5 buckets), prefix keys get no RoPE, every query
+  attends to the whole prefix, except that sliding-window layers hide prefix keys at least
+  ``window`` positions before the query (as transformers does).
+  """
 
   def __init__(self, cfg: ModelConfig, kind: str, *, rngs):
     self.cfg, self.kind = cfg, kind
@@ -630,6 +645,11 @@ class Stack(nnx.Module):
       self.final_norm = Norm(cfg)
     sliding = cfg.sliding_layers if cfg.sliding_layers is not None else (True,) * n
     self.sliding = tuple(bool(s) for s in sliding) if kind != "encoder" else (False,) * n
+    self.kv_prefix = nnx.data(None)
+
+  @property
+  def prefix_length(self) -> int:
+    return 0 if self.kv_prefix is None else int(self.kv_prefix.length)
 
   def position_bias(self, q_pos, k_pos):
     """T5 relative bias [B|1, H, Q, K] (float32) from query and key positions [B|1, Q|K]."""
@@ -650,8 +670,10 @@ class Stack(nnx.Module):
   def check_length(self, n: int):
     """A learned position table has a maximum length (shapes are static: a Python check)."""
     limit = self.cfg.max_position_embeddings
+    n += self.prefix_length
     if self.cfg.position == "learned" and n > limit:
-      raise ValueError(f"sequence of {n} positions exceeds max_position_embeddings={limit}")
+      raise ValueError(f"sequence of {n} positions (prefix included) exceeds "
+                       f"max_position_embeddings={limit}")
 
   def __call__(self, x, inp: AttentionInputs, *, positions, caches=None, cross_kvs=None,
                rng=None):
@@ -661,23 +683,32 @@ class Stack(nnx.Module):
     cfg = self.cfg
     n = len(self.layers)
     keys = jax.random.split(rng, n + 2) if rng is not None else None
+    prefix, p = None, self.prefix_length
+    if p:
+      prefix = self.kv_prefix()
+      positions = positions + p
+      inp = _prefix_inputs(inp, positions, p, cfg.sliding_window)
     x = self.embed_positions(x, positions)
     x = dropout(x, cfg.dropout_rate, None if keys is None else keys[n])
     x = constrain(x, ("batch", "length", "embed"))
     if cfg.position == "relative":
       k_pos = positions if inp.cache_index is None else \
-          jnp.arange(caches["k"].shape[2])[None]
+          jnp.arange(caches["k"].shape[2])[None] + p
+      if p:  # prefix keys sit at positions 0..P-1
+        k_pos = jnp.concatenate(
+            [jnp.broadcast_to(jnp.arange(p)[None], (k_pos.shape[0], p)), k_pos], axis=1)
       inp = dataclasses.replace(inp, bias=self.position_bias(positions, k_pos))
     remat = cfg.remat if caches is None else "none"   # nothing to save while decoding
     if cfg.scan_layers:
-      x, new = self._scan(x, inp, caches, cross_kvs, keys, remat)
+      x, new = self._scan(x, inp, caches, cross_kvs, keys, remat, prefix)
     else:
       new = []
       for i, layer in enumerate(self.layers):
         c = None if caches is None else (caches["k"][i], caches["v"][i])
         ckv = None if cross_kvs is None else (cross_kvs["k"][i], cross_kvs["v"][i])
         x, nc = _remat_call(layer, remat, x, inp, i, self.sliding[i], c, ckv,
-                            None if keys is None else keys[i])
+                            None if keys is None else keys[i],
+                            None if prefix is None else (prefix[0][i], prefix[1][i]))
         new.append(nc)
       new = None if caches is None else {"k": jnp.stack([c[0] for c in new]),
                                          "v": jnp.stack([c[1] for c in new])}
@@ -686,7 +717,7 @@ class Stack(nnx.Module):
     x = dropout(x, cfg.dropout_rate, None if keys is None else keys[n + 1])
     return x, new
 
-  def _scan(self, x, inp, caches, cross_kvs, keys, remat):
+  def _scan(self, x, inp, caches, cross_kvs, keys, remat, prefix=None):
     """The layers as one jax.lax.scan over their stacked weights (one compiled layer)."""
     graphdefs, states = zip(*(nnx.split(layer) for layer in self.layers))
     if any(g != graphdefs[0] for g in graphdefs[1:]):
@@ -697,17 +728,36 @@ class Stack(nnx.Module):
     xs = {"state": stacked, "idx": jnp.arange(n), "sliding": jnp.asarray(self.sliding),
           "cache": None if caches is None else (caches["k"], caches["v"]),
           "cross": None if cross_kvs is None else (cross_kvs["k"], cross_kvs["v"]),
-          "rng": None if keys is None else keys[:n]}
+          "rng": None if keys is None else keys[:n], "prefix": prefix}
     graphdef = graphdefs[0]
 
     def body(x, s):
       layer = nnx.merge(graphdef, s["state"])
-      return layer(x, inp, s["idx"], s["sliding"], s["cache"], s["cross"], s["rng"])
+      return layer(x, inp, s["idx"], s["sliding"], s["cache"], s["cross"], s["rng"], s["prefix"])
 
     if remat != "none":
       body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
     x, new = jax.lax.scan(body, x, xs)
     return x, None if caches is None else {"k": new[0], "v": new[1]}
+
+
+def _prefix_inputs(inp: AttentionInputs, positions, p: int, window: int | None):
+  """Self-attention inputs with P prefix keys in front: query positions shifted (RoPE), masks
+  widened (prefix keys sit at positions 0..P-1: always visible, windows permitting)."""
+
+  def widen(mask, cols):
+    b = max(mask.shape[0], cols.shape[0])
+    cols = jnp.broadcast_to(cols, (b,) + cols.shape[1:3] + (p,))
+    return jnp.concatenate([cols, jnp.broadcast_to(mask, (b,) + mask.shape[1:])], axis=-1)
+
+  q = positions.shape[1]
+  out = dict(mask=widen(inp.mask, jnp.ones((1, 1, q, p), bool)))
+  if inp.positions is not None:
+    out["positions"] = inp.positions + p
+  if inp.window_mask is not None:
+    near = positions[:, :, None] - jnp.arange(p)[None, None] < window
+    out["window_mask"] = widen(inp.window_mask, near[:, None])
+  return dataclasses.replace(inp, **out)
 
 
 def _remat_call(layer, remat, x, *args):
