@@ -9,7 +9,8 @@ setup(
     description="Parameter-efficient tuning (soft prompts, LoRA, full, layer subsets) of T5 and "
                 "other language models in JAX / Flax NNX",
     packages=find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
-    package_data={"prompt_tuning.data": ["assets/*.txt"]},
+    # The shipped pretrained tiny T5 (HF checkpoint directory) of the default job.
+    package_data={"prompt_tuning.data": ["assets/*.txt"], "prompt_tuning": ["assets/tiny_t5/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",

@@ -11,10 +11,12 @@ def get_config():
   c = base()
   c.unlock()
   c.output_dir = "runs/bart_few_shot"
-  c.model.update(preset="bart-base")
-  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
+  # A paper setup: needs pretrained weights (a bart-base checkpoint in model.hf_checkpoint);
+  # --config.model.preset=bart-base --config.model.allow_random_init=True runs random ones.
+  c.model.update(hf_checkpoint="", allow_random_init=False)
   c.method.name = "prompt"
-  c.method.prompt.length = 50
+  c.method.prompt.update(length=50, init="class_labels",
+                         class_labels=("entailment", "not_entailment"))
   c.data.update(task="super_glue_rte", few_shot=True, num_train=100, num_eval=0,
                 max_input_length=256, max_target_length=8, truncate=True)
   c.train.update(batch_size=8, num_steps=500, eval_every=100, checkpoint_every=100,

@@ -1,6 +1,7 @@
-"""Critical layers and learned sparse masks (Radiya-Dixit & Wang 2020) on the tiny default model.
+"""Critical layers and learned sparse masks (Radiya-Dixit & Wang 2020) on the pretrained tiny T5
+of the default job.
 
-For every layer of the tiny T5 two runs: tune that layer alone (method 'layers': dev metric and
+For every layer of the model two runs: tune that layer alone (method 'layers': dev metric and
 distance of the tuned layer from the pre-trained one), and learn a binary mask that zeroes
 SPARSITY of that layer's projection weights (method 'mask'). The analysis adds, per layer, the
 magnitude-sparsified 'layers' run at the same fraction (analysis/sparse.py: keep the largest
@@ -10,9 +11,9 @@ changes) and the untuned model's metric, and writes a table and a plot:
   python -m prompt_tuning.analysis.critical_layers --config configs/critical_layers.py
   (or both at once: python -m prompt_tuning.analysis.critical_layers --run_sweep ...)
 
-The tiny model is random-init: a dense layer learns the synthetic task, but zeroing 5% of a
-random layer's weights cannot (exact-match 0; only the dev loss moves). The study's premise is a
-pre-trained model (set model.hf_checkpoint and list its layers with layer_paths-style paths).
+A small-scale study: a 468k-parameter model with 2 + 2 layers and a synthetic task; it shows the
+method and the artifacts, not the paper's findings about BERT. For another model set
+model.hf_checkpoint: the layers are read from its config.
 """
 from prompt_tuning import models
 from prompt_tuning.default_config import get_config as base
@@ -21,9 +22,8 @@ SPARSITY = 0.05        # fraction of each masked kernel zeroed = fraction of cha
 LAYERS_LR = 3e-3       # AdamW for a single dense layer (the mask runs use the method default)
 
 
-def layer_paths(preset: str = "tiny") -> list[str]:
-  """Dotted paths of every layer of the preset: encoder layers, then decoder layers."""
-  cfg = models.preset(preset)
+def layer_paths(cfg: models.ModelConfig) -> list[str]:
+  """Dotted paths of every layer of the model: encoder layers, then decoder layers."""
   enc = [f"encoder.layers.{i}" for i in range(cfg.num_layers)] if cfg.is_encoder_decoder else []
   n_dec = cfg.n_decoder_layers if cfg.is_encoder_decoder else cfg.num_layers
   return enc + [f"decoder.layers.{i}" for i in range(n_dec)]
@@ -41,7 +41,9 @@ def get_config():
 
 def get_sweep():
   runs = []
-  for layer in layer_paths(get_config().model.preset):
+  m = get_config().model
+  cfg = models.checkpoint_config(m.hf_checkpoint) if m.hf_checkpoint else models.preset(m.preset)
+  for layer in layer_paths(cfg):
     runs.append(dict(name=f"layers_{layer}", **{
         "method.name": "layers", "method.layers.paths": (layer,),
         "optimizer.name": "adamw", "optimizer.learning_rate": LAYERS_LR}))

@@ -11,10 +11,12 @@ def get_config():
   c = base()
   c.unlock()
   c.output_dir = "runs/multitask_zero_shot"
-  c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
+  # A paper setup: needs pretrained weights (a t5-v1_1-base checkpoint in model.hf_checkpoint);
+  # --config.model.preset=t5-v1_1-base --config.model.allow_random_init=True runs random ones.
+  c.model.update(hf_checkpoint="", allow_random_init=False, dtype="bfloat16",
+                 frozen_dtype="bfloat16")
   c.method.name = "prompt"
-  c.method.prompt.length = 100
+  c.method.prompt.update(length=100, init="vocab", class_labels=())
   c.data.update(task=TRAIN, eval_tasks=HELD_OUT, num_train=50000, num_eval=1000,
                 max_input_length=512, max_target_length=64, truncate=True)
   c.train.update(batch_size=32, num_steps=20000, eval_every=2000, checkpoint_every=2000,

@@ -18,8 +18,11 @@ def get_config():
   c = base()
   c.unlock()
   c.output_dir = "runs/peft_comparison"
-  c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
+  # A paper setup: needs pretrained weights (a t5-v1_1-base checkpoint in model.hf_checkpoint);
+  # --config.model.preset=t5-v1_1-base --config.model.allow_random_init=True runs random ones.
+  c.model.update(hf_checkpoint="", allow_random_init=False, dtype="bfloat16",
+                 frozen_dtype="bfloat16")
+  c.method.prompt.update(init="vocab", class_labels=())
   c.data.update(num_train=0, num_eval=0, truncate=True, **TASKS["wmt14_ende"])
   c.train.update(batch_size=32, num_steps=20000, eval_every=2000, checkpoint_every=2000,
                  max_decode_length=256, max_encoder_length=1200)

@@ -15,8 +15,10 @@ def get_config():
   c = base()
   c.unlock()
   c.output_dir = "runs/superglue_prompt"
-  c.model.update(preset="t5-v1_1-base", dtype="bfloat16", frozen_dtype="bfloat16")
-  c.model.allow_random_init = False   # a paper setup: needs pretrained weights
+  # A paper setup: needs pretrained weights (a t5-v1_1-base checkpoint in model.hf_checkpoint);
+  # --config.model.preset=t5-v1_1-base --config.model.allow_random_init=True runs random ones.
+  c.model.update(hf_checkpoint="", allow_random_init=False, dtype="bfloat16",
+                 frozen_dtype="bfloat16")
   c.method.name = "prompt"
   c.method.prompt.update(length=100, init="class_labels",
                          class_labels=("True", "False", "entailment", "not_entailment",

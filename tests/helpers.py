@@ -20,6 +20,17 @@ def sentiment_data(n=512, seed=0, split_seed=0):
   return arrays.ArrayDataset(arrays.encode_examples(ex, vocab(), 48, 8), seed=seed)
 
 
+def preset_config(preset="tiny"):
+  """The default config on a random-init preset (the shapes and vocabulary of the helpers here)
+  instead of the shipped pretrained T5: for tests of mechanics written against a preset."""
+  from prompt_tuning.default_config import get_config
+  c = get_config()
+  c.unlock()
+  c.model.update(hf_checkpoint="", preset=preset)
+  c.lock()
+  return c
+
+
 def tiny_model(preset="tiny", seed=0, **options):
   return models.build(models.preset(preset, **options), seed=seed)
 

@@ -8,8 +8,7 @@ import pytest
 
 from prompt_tuning import checkpoint, methods, optim
 from prompt_tuning.run import loop
-from prompt_tuning.default_config import get_config
-from tests.helpers import make_trainer, sentiment_data
+from tests.helpers import make_trainer, preset_config, sentiment_data
 
 
 def leaves_equal(a, b):
@@ -102,7 +101,7 @@ def test_errors(tmp_path):
 
 
 def small_config(out, **kw):
-  c = get_config()
+  c = preset_config()
   c.unlock()
   c.output_dir = str(out)
   c.method.prompt.length = 8

@@ -29,7 +29,7 @@ def test_train_eval_infer(tmp_path):
   r = run(["-m", "prompt_tuning.train", f"--config.output_dir={out}"] + SMALL)
   assert r.returncode == 0, r.stderr[-2000:]
   res = last_json(r.stdout)
-  assert res["step"] == 4 and res["trainable_params"] == 8 * 64
+  assert res["step"] == 4 and res["trainable_params"] == 8 * 96
   assert "loss" in res["eval"]["synthetic_sentiment"]
   with open(os.path.join(out, "metrics.jsonl")) as f:
     rows = [json.loads(l) for l in f]

@@ -218,6 +218,7 @@ def run_config(out, task="synthetic_sentiment+synthetic_copy", **prompt):
   c = get_config()
   c.unlock()
   c.output_dir = str(out)
+  c.model.update(hf_checkpoint="", preset="tiny")  # the shapes and vocabulary of helpers
   c.method.prompt.update(**dict(dict(length=4), **prompt))
   c.data.update(task=task, num_train=64, num_eval=16)
   c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=4,

@@ -11,8 +11,7 @@ import pytest
 
 from prompt_tuning import checkpoint, methods, optim
 from prompt_tuning.run import loop
-from prompt_tuning.default_config import get_config
-from tests.helpers import make_trainer
+from tests.helpers import make_trainer, preset_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config.method.prompt.length=8", "--config.data.num_train=64",
@@ -63,7 +62,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   def config(lr, steps):
-    c = get_config()
+    c = preset_config()
     c.unlock()
     c.output_dir = str(tmp_path)
     c.method.update(name="full")

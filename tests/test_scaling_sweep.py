@@ -20,7 +20,7 @@ def test_scaling_sweep_writes_table_fits_and_plot(tmp_path):
   assert len(rows) == 4
   assert sorted((int(r["D"]), int(r["method.prompt.length"])) for r in rows) == [
       (16, 4), (16, 12), (64, 4), (64, 12)]
-  assert {int(r["trainable_params"]) for r in rows} == {4 * 64, 12 * 64}
+  assert {int(r["trainable_params"]) for r in rows} == {4 * 96, 12 * 96}
   fits = json.load(open(os.path.join(out, "scaling_fits.json")))
   assert set(fits) == {"multiplicative", "additive"}
   assert all(v["objective"] >= 0 for v in fits.values())

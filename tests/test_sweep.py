@@ -33,7 +33,7 @@ def test_sweep_runs_and_summarizes(tmp_path):
   s = res["summary"]["k8"]["synthetic_sentiment/loss"]
   assert s["n"] == 2 and s["mean"] == pytest.approx(np.mean(losses))
   assert s["std"] == pytest.approx(np.std(losses))
-  assert rows[2]["trainable_params"] == 6 * 64
+  assert rows[2]["trainable_params"] == 6 * 96   # d_model of the shipped T5
   assert json.load(open(tmp_path / "summary.json")) == res["summary"]
   # Every run logged TensorBoard scalars.
   assert len(glob.glob(str(tmp_path / "*" / "tensorboard" / "events.out.tfevents.*"))) == 3

@@ -55,6 +55,10 @@ def trained(tmp_path_factory):
     (["--config.model.hf_checkpoint=/does/not/exist"], "does not exist"),
     (["--config.data.vocab=/does/not/exist.model"], "data.vocab '/does/not/exist.model' does not "
                                                      "exist"),
+    (["--config.model.preset=tiny-bart"], "model.hf_checkpoint ("),   # both given: which one?
+    (["--config.model.hf_checkpoint="], "no model: set model.hf_checkpoint"),
+    (["--config.model.hf_checkpoint=", "--config.model.preset=tiny", "--config.model.random_init=True"],
+     "model.random_init=True takes the architecture of model.hf_checkpoint"),
 ])
 def test_bad_values_are_one_clear_line(capsys, tmp_path, args, msg):
   base = [f"--config.output_dir={tmp_path}/run"] + SMALL
@@ -121,10 +125,10 @@ def test_paper_config_refuses_random_init(capsys, tmp_path):
     ("train", ["--config.data.task=synthetic_copy"],
      "data.task: 'synthetic_sentiment' -> 'synthetic_copy'"),
     ("train", ["--config.optimizer.learning_rate=0.5"], "optimizer.learning_rate: 0.0 -> 0.5"),
-    ("eval", ["--config.model.preset=tiny-v1_0"], "model.preset: 'tiny' -> 'tiny-v1_0'"),
+    ("eval", ["--config.model.random_init=True"], "model.random_init: False -> True"),
     ("eval", ["--config.seed=3"], "seed: 0 -> 3"),
     ("infer", ["--config.method.prompt.init=uniform", "--input=review: good"],
-     "method.prompt.init: 'vocab' -> 'uniform'"),
+     "method.prompt.init: 'class_labels' -> 'uniform'"),
 ])
 def test_drift_is_refused_naming_each_key(capsys, trained, verb, change, listed):
   args = [f"--config.output_dir={trained}"] + SMALL + change

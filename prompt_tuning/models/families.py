@@ -50,6 +50,16 @@ def load(path: str, *, param_dtype=None, **compute) -> core.LanguageModel:
   return hf.load(family, path, config, param_dtype=param_dtype, **compute)
 
 
+def checkpoint_config(path: str, **compute) -> core.ModelConfig:
+  """The architecture of a checkpoint directory (or cached Hub id) without building it: e.g. to
+  build the same shape with random weights (the no-pretraining baseline)."""
+  from prompt_tuning.interop import hub
+  path = hub.resolve(path)
+  hf_config = hf.read_config(path)
+  family = for_model_type(hf_config.get("model_type"), path)
+  return hf.model_config(family, path, hf_config, hf.read_state_dict(path), **compute)
+
+
 def save(model: core.LanguageModel, out_dir: str, params=None):
   """Writes ``model`` (or its pre-trained weights replaced by ``params``, an nnx.State of them)
   as a Hugging Face checkpoint directory that ``AutoModel*.from_pretrained`` loads."""

@@ -313,17 +313,24 @@ def fill_model(abstract: nnx.Module, values: dict, dtype=None, source: str = "ch
   return nnx.merge(graphdef, state)
 
 
-def load(family: Family, path: str, hf_config: dict, *, param_dtype=None, **compute):
-  """Loads a checkpoint directory of ``family`` (see families.load for the dispatch)."""
+def model_config(family: Family, path: str, hf_config: dict, sd: dict,
+                 **compute) -> core.ModelConfig:
+  """The ModelConfig of a checkpoint directory of ``family`` (config.json read strictly; the
+  state dict tells tied from untied heads), with compute options applied."""
   unknown = set(compute) - set(core.ModelConfig.COMPUTE_OPTIONS)
   if unknown:
     raise ValueError(f"only compute options {core.ModelConfig.COMPUTE_OPTIONS} can be set when "
                      f"loading a checkpoint, got {sorted(unknown)}")
-  sd = read_state_dict(path)
   reader = ConfigReader(hf_config, os.path.join(path, "config.json"))
   cfg = family.from_hf(reader, sd)
   reader.finish()
-  cfg = cfg.replace(**compute)
+  return cfg.replace(**compute)
+
+
+def load(family: Family, path: str, hf_config: dict, *, param_dtype=None, **compute):
+  """Loads a checkpoint directory of ``family`` (see families.load for the dispatch)."""
+  sd = read_state_dict(path)
+  cfg = model_config(family, path, hf_config, sd, **compute)
   values = params_from_hf(family, cfg, sd, path)
   abstract = nnx.eval_shape(lambda: core.build(cfg, nnx.Rngs(0)))
   return fill_model(abstract, values, dtype=param_dtype, source=path)
@@ -351,6 +358,9 @@ def write_checkpoint(out_dir: str, config: dict, tensors: dict[str, np.ndarray])
   os.makedirs(out_dir, exist_ok=True)
   tmp = os.path.join(out_dir, f".model.safetensors.tmp{os.getpid()}")
   save_file(tensors, tmp, metadata={"format": "pt"})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; a checkpoint is for sharing
   os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
   tmp = os.path.join(out_dir, f".config.json.tmp{os.getpid()}")
   with open(tmp, "w") as f:

@@ -72,27 +72,27 @@ def load_vocab(config):
 def model_reference(config) -> dict:
   """How the frozen model is found again (it is never stored in tuning checkpoints)."""
   if config.model.hf_checkpoint:  # a directory (absolute path) or a Hub id (as given)
-    return {"hf_checkpoint": interop.hub.reference(config.model.hf_checkpoint)}
+    ref = {"hf_checkpoint": interop.hub.reference(config.model.hf_checkpoint)}
+    return dict(ref, random_init_seed=config.seed) if config.model.random_init else ref
   return {"preset": config.model.preset, "init_seed": config.seed}
 
 
 # ------------------------------------------------------------------------------ model
 def build_model(config):
   """(frozen model, vocabulary). The model is a HF checkpoint directory (read before its
-  tokenizer, so a broken checkpoint is the error reported), or a randomly initialised preset
-  (refused when the config says the run needs pretrained weights)."""
+  tokenizer, so a broken checkpoint is the error reported), that checkpoint's architecture with
+  random weights (model.random_init: the no-pretraining baseline), or a randomly initialised
+  preset (validate() has checked that exactly one is asked for and allowed)."""
   m = config.model
   compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
                  attention_impl=m.attention_impl, dropout_rate=m.dropout_rate)
   if m.hf_checkpoint:
-    model = models.load(m.hf_checkpoint, **compute)
+    if m.random_init:
+      model = models.build(models.checkpoint_config(m.hf_checkpoint, **compute), seed=config.seed)
+    else:
+      model = models.load(m.hf_checkpoint, **compute)
     vocab = load_vocab(config)
   else:
-    if not m.allow_random_init:
-      raise ValueError(f"this config needs pretrained weights (model.preset={m.preset!r} would "
-                       f"be randomly initialised): set model.hf_checkpoint to a Hugging Face "
-                       f"checkpoint directory, or model.allow_random_init=True to run on random "
-                       f"weights anyway")
     vocab = load_vocab(config)
     cfg = models.preset(m.preset, **compute)
     if vocab.vocab_size > cfg.vocab_size:

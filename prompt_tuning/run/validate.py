@@ -53,6 +53,20 @@ def validate(config):
     _fail(f"output_dir {out!r} exists and is not a directory")
 
   m = config.model
+  if m.preset and m.hf_checkpoint:
+    _fail(f"model.hf_checkpoint ({m.hf_checkpoint!r}) and model.preset ({m.preset!r}) are both "
+          f"set: give one (for a random-init preset clear the checkpoint: "
+          f"--config.model.hf_checkpoint= --config.model.preset={m.preset})")
+  if (m.random_init or not m.hf_checkpoint) and not m.allow_random_init:
+    _fail("this config needs pretrained weights: set model.hf_checkpoint to a Hugging Face "
+          "checkpoint directory (or a Hub id in the local cache), or model.allow_random_init=True "
+          "to run on random weights anyway")
+  if m.random_init and not m.hf_checkpoint:
+    _fail("model.random_init=True takes the architecture of model.hf_checkpoint, which is empty "
+          "(a preset is random-init already)")
+  if not m.preset and not m.hf_checkpoint:
+    _fail("no model: set model.hf_checkpoint (a Hugging Face checkpoint directory or a Hub id "
+          "in the local cache) or model.preset (random init)")
   if m.dtype not in DTYPES:
     _fail(f"model.dtype {m.dtype!r} is not supported; use one of {DTYPES}")
   if m.frozen_dtype and m.frozen_dtype not in DTYPES:
