@@ -137,6 +137,7 @@ class Trainer:
     self.dropout_seed = dropout_seed
     self.max_encoder_length = max_encoder_length
     self.extra_length = impl.extra_encoder_length(method)
+    self.extra_decoder_length = impl.extra_decoder_length(method)
     self.num_tasks = getattr(model, "num_prompt_tasks", 0)   # per-task prompts (task_ids)
     self.decoder_only = not self.cfg.is_encoder_decoder
     # Pre-trained weights in total and among the trainable ones (full / layers tuning): the
@@ -258,7 +259,8 @@ class Trainer:
       b, n = placed["tokens"].shape
       return 0, b * (n + self.extra_length)
     b, s = placed["inputs"].shape
-    return b * (s + self.extra_length), b * placed["targets"].shape[1]
+    return (b * (s + self.extra_length),
+            b * (placed["targets"].shape[1] + self.extra_decoder_length))
 
   def _train_step(self, state: TrainState, frozen, batch):
     self.trace_counts["train"] += 1

@@ -26,12 +26,12 @@ def default_job_accuracy(out_dir, random_init: bool) -> float:
 
 
 def test_default_job_transfers_from_pretraining(tmp_path):
-  # Measured: MEASURED_PRETRAINED (accuracy in percent).
+  # Measured: 100 for each of seeds 0-5 (accuracy in percent; 53-89 at step 100, 100 from 200).
   assert default_job_accuracy(tmp_path / "pretrained", False) >= 90
 
 
 def test_default_job_on_random_weights_scores_clearly_lower(tmp_path):
-  # Measured: MEASURED_RANDOM (chance is 50).
+  # Measured: 50.4 / 50.0 / 53.1 for seeds 0 / 1 / 2 (chance is 50).
   assert default_job_accuracy(tmp_path / "random", True) <= 75
 
 

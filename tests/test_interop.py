@@ -629,7 +629,8 @@ def test_prompt_run_on_a_hub_id_with_its_tokenizer(hf_dirs, tmp_path, capsys, mo
 
 
 def test_peft_export_of_a_preset_run_writes_the_base(tmp_path, capsys):
-  args = ["--config.model.preset=tiny-llama", "--config.method.name=lora",
+  args = ["--config.model.hf_checkpoint=", "--config.model.preset=tiny-llama",
+          "--config.method.name=lora",
           "--config.method.lora.rank=2", "--config.method.lora.targets=('q','mlp')",
           f"--config.output_dir={tmp_path / 'run'}"] + RUN
   cli_run(capsys, "train", *args)

@@ -14,7 +14,8 @@ from prompt_tuning.run import loop
 from tests.helpers import make_trainer, preset_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--config.method.prompt.length=8", "--config.data.num_train=64",
+ARGS = ["--config.model.hf_checkpoint=", "--config.model.preset=tiny",  # make_trainer's model
+        "--config.method.prompt.length=8", "--config.data.num_train=64",
         "--config.data.num_eval=16", "--config.train.batch_size=8",
         "--config.train.num_steps=40", "--config.train.log_every=5",
         "--config.train.eval_every=40", "--config.train.checkpoint_every=5",

@@ -55,6 +55,8 @@ def trained(tmp_path_factory):
     (["--config.model.hf_checkpoint=/does/not/exist"], "does not exist"),
     (["--config.data.vocab=/does/not/exist.model"], "data.vocab '/does/not/exist.model' does not "
                                                      "exist"),
+    (["--config.method.init_from=/a/prompt.npy", "--config.method.prompt.init_from_run=/a/run"],
+     "both give the initial prompt"),
     (["--config.model.preset=tiny-bart"], "model.hf_checkpoint ("),   # both given: which one?
     (["--config.model.hf_checkpoint="], "no model: set model.hf_checkpoint"),
     (["--config.model.hf_checkpoint=", "--config.model.preset=tiny", "--config.model.random_init=True"],
@@ -176,3 +178,19 @@ def test_divergence_guard_counts_consecutive_logs():
   assert g.check(1, 1.0, 5.0) is None
   assert "parameters diverged at step 2" in g.check(2, 1.0, 5.0 * 2e4)
   assert "loss became nan" in g.check(3, float("nan"), 5.0)
+
+
+def test_drift_of_a_run_stored_by_an_older_version():
+  """Keys added since the run was stored count as unchanged while at their defaults; keys this
+  version dropped are ignored; anything else still drifts."""
+  from prompt_tuning.default_config import get_config
+  from prompt_tuning.run.validate import as_json, check_drift
+  stored = as_json(get_config())
+  del stored["train"]["z_loss"]
+  stored["train"]["an_option_since_removed"] = 3
+  current = get_config()
+  check_drift(stored, current)
+  current.unlock()
+  current.train.z_loss = 1e-4
+  with pytest.raises(ValueError, match=r"train.z_loss: \(absent\) -> 0.0001"):
+    check_drift(stored, current)

@@ -69,6 +69,10 @@ class Method:
     """Positions the method adds in front of the encoder input (soft prompt length)."""
     return 0
 
+  def extra_decoder_length(self, cfg: MethodConfig) -> int:
+    """Positions the method adds in front of an encoder-decoder model's decoder input."""
+    return 0
+
 
 REGISTRY: dict[str, Method] = {}
 

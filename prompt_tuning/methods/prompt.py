@@ -209,5 +209,8 @@ class Prompt(Method):
   def extra_encoder_length(self, cfg):
     return 0 if cfg.scope == "decoder" else cfg.total_length
 
+  def extra_decoder_length(self, cfg):
+    return cfg.total_length if cfg.scope in ("decoder", "both") else 0
+
 
 register(Prompt())

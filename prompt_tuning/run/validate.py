@@ -74,6 +74,10 @@ def validate(config):
   if not 0.0 <= m.dropout_rate < 1.0:
     _fail(f"model.dropout_rate must be in [0, 1), got {m.dropout_rate}")
 
+  if config.method.init_from and config.method.prompt.init_from_run:
+    _fail(f"method.init_from ({config.method.init_from!r}) and method.prompt.init_from_run "
+          f"({config.method.prompt.init_from_run!r}) both give the initial prompt: set one")
+
   o = config.optimizer
   lr = o.learning_rate
   if not math.isfinite(lr) or lr < 0:
@@ -140,10 +144,15 @@ def drift(stored: dict, current: dict) -> list[tuple[str, object, object]]:
 
 
 def check_drift(stored: dict, current, allow_changed=(), what: str = "resume"):
-  """Refuses a call whose config changes what the stored run computed (see module doc)."""
+  """Refuses a call whose config changes what the stored run computed (see module doc). A run
+  stored by an older version lacks the keys added since: one now at its default is no change
+  (the default is what that version did), nor is a key this version no longer has."""
+  from prompt_tuning.default_config import get_config
+  defaults = flatten(as_json(get_config()))
   allowed = set(allow_changed)
   bad = [(k, old, new) for k, old, new in drift(stored, as_json(current))
-         if k not in SAFE_TO_CHANGE and k not in allowed and "all" not in allowed]
+         if k not in SAFE_TO_CHANGE and k not in allowed and "all" not in allowed
+         and new is not ABSENT and not (old is ABSENT and new == defaults.get(k, ABSENT))]
   if bad:
     shown = lambda v: v if v is ABSENT else repr(v)
     changes = "; ".join(f"{k}: {shown(old)} -> {shown(new)}" for k, old, new in bad)
