@@ -5,12 +5,17 @@ import nbformat as nbf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SETUP = '''# On Colab: clone this repository into /content/prompt-tuning-jax first (or upload it).
+
+def setup(extras="", packages=()):
+  """The first code cell: installs the library on Colab (a regular install, importable at once;
+  an editable one would need a runtime restart); locally it only reads PT_NOTEBOOK_SMALL."""
+  pip = ", ".join(repr(p) for p in (f"/content/prompt-tuning-jax{extras}",) + tuple(packages))
+  return f'''# On Colab: clone this repository into /content/prompt-tuning-jax first (or upload it);
+# this cell installs it there. Elsewhere it installs nothing.
 import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e",
-                    "/content/prompt-tuning-jax[tasks]"], check=True)
-# Tests run these notebooks with PT_NOTEBOOK_SMALL=1: tiny step counts (and mock TFDS data).
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", {pip}], check=True)
+# Tests run these notebooks with PT_NOTEBOOK_SMALL=1: fewer steps (and mock TFDS data).
 SMALL = os.environ.get("PT_NOTEBOOK_SMALL") == "1"
 import jax
 print("JAX", jax.__version__, "devices:", jax.devices())'''
@@ -27,35 +32,195 @@ def nb(cells):
 
 
 QUICKSTART = nb([
-    ("md", "# Prompt tuning quickstart\n\nSoft-prompt tuning a tiny T5 (random init, made in-repo) "
-           "on a synthetic sentiment task, with the library's Python API: build the model, attach "
-           "a 20-vector prompt, train only the prompt with Adafactor (lr 0.3), decode."),
-    ("code", SETUP),
-    ("code", '''import numpy as np
-from prompt_tuning import methods, models
-from prompt_tuning.data import arrays, synthetic, vocab as vocab_lib
-from prompt_tuning.trainer import Trainer
+    ("md", "# Prompt tuning quickstart\n\nThe library's default job (`prompt-tuning train` with "
+           "no flags): prompt-tune the tiny T5 pretrained in this repository (468k parameters, "
+           "`prompt_tuning/assets/tiny_t5`) on a synthetic sentiment task it never saw. Only 10 "
+           "prompt vectors (960 parameters) are trained, initialised from the embeddings of the "
+           "class labels, with Adafactor at lr 0.3; the model stays frozen. The dev accuracy is "
+           "measured before training and every 25 steps. The same job on a randomly initialised "
+           "copy of the model (`model.random_init=True`) shows what the pretraining contributes."),
+    ("code", setup()),
+    ("code", '''import json, os, tempfile
+from prompt_tuning.data import synthetic
+from prompt_tuning.default_config import get_config
+from prompt_tuning.run import loop
+from prompt_tuning.run.build import build
+from prompt_tuning.run.evaluate import evaluate_all
 
-vocab = vocab_lib.default_vocab()          # SentencePiece trained on the bundled corpus
-train = arrays.ArrayDataset(arrays.encode_examples(synthetic.sentiment_examples(1024), vocab, 48, 8))
-dev = arrays.ArrayDataset(arrays.encode_examples(synthetic.sentiment_examples(128, seed=1), vocab, 48, 8))
-print(synthetic.sentiment_examples(2))'''),
-    ("code", '''model = models.build(models.preset("tiny"))
-method = methods.make("prompt", length=20)
-methods.attach(model, method, tokenize=vocab.encode)
-trainer = Trainer(model, method)            # Adafactor, lr 0.3: the prompt-tuning defaults
-print(f"trainable {trainer.num_trainable:,} of {trainer.num_trainable + trainer.num_frozen:,} parameters")
-state = trainer.init_state()
-losses = []
-for step in range(30 if SMALL else 300):
-    state, aux = trainer.train_step(state, train.train_batch(step, 32))
-    losses.append(float(aux["loss"]))
-print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-assert losses[-1] < 0.5 * losses[0]'''),
-    ("code", '''print(trainer.evaluate(state.params, dev.eval_batches(64)))
-batch = dev.train_batch(0, 4)
-for p, t in zip(trainer.decode(state.params, {"inputs": batch["inputs"]}, 8), batch["targets"]):
-    print(repr(vocab.decode(p)), "target", repr(vocab.decode(t)))'''),
+TASK = "synthetic_sentiment"
+for example in synthetic.sentiment_examples(3):
+  print(example)
+
+
+def config(random_init):
+  """The default job, evaluated every 25 steps (evaluations run at checkpoint steps)."""
+  c = get_config()
+  c.unlock()
+  c.output_dir = tempfile.mkdtemp(prefix="quickstart_")
+  c.model.random_init = random_init
+  c.data.num_eval = 128 if SMALL else 256
+  c.train.update(num_steps=200 if SMALL else 300, eval_every=25, checkpoint_every=25)
+  c.lock()
+  return c
+
+
+def run(c):
+  """Trains; returns {step: dev metrics}, step 0 (the initial prompt) included: the training
+  loop evaluates at checkpoints only, so step 0 is evaluated here on the same experiment."""
+  exp = build(c)
+  curve = {0: evaluate_all(exp, exp.trainer.init_state().params)[TASK]}
+  loop.train(c)
+  with open(os.path.join(c.output_dir, "metrics.jsonl")) as f:
+    for record in map(json.loads, f):
+      if "eval" in record:
+        curve[record["step"]] = record["eval"][TASK]
+  return curve'''),
+    ("code", '''pretrained = config(random_init=False)
+curves = {"pretrained": run(pretrained)}'''),
+    ("md", "The same job with the architecture's weights drawn at random: the prompt has nothing "
+           "to steer."),
+    ("code", '''random_init = config(random_init=True)
+curves["random init"] = run(random_init)'''),
+    ("md", "Dev accuracy in percent. *accuracy*: the greedily generated text equals the label "
+           "(0 at step 0: with the untrained prompt the model does not answer with a label). "
+           "*rank*: the label the model gives the higher likelihood (rank classification; ~50% "
+           "is chance)."),
+    ("code", '''import matplotlib.pyplot as plt
+
+print("step  pretrained: accuracy   rank  random init: accuracy   rank")
+for step in curves["pretrained"]:
+  p, r = curves["pretrained"][step], curves["random init"][step]
+  print(f"{step:4d}  {p['accuracy']:20.1f} {p['rank_accuracy']:6.1f}"
+        f"  {r['accuracy']:21.1f} {r['rank_accuracy']:6.1f}")
+
+fig, ax = plt.subplots(figsize=(7, 4))
+for (name, curve), color in zip(curves.items(), ("C0", "C1")):
+  steps, metrics = list(curve), list(curve.values())
+  ax.plot(steps, [m["accuracy"] for m in metrics], color=color, marker="o",
+          label=f"{name}: accuracy")
+  ax.plot(steps, [m["rank_accuracy"] for m in metrics], color=color, ls="--",
+          label=f"{name}: rank")
+ax.axhline(50, color="gray", lw=0.5)
+ax.set_xlabel("training step"); ax.set_ylabel("dev accuracy (%)"); ax.legend(loc="lower right")
+fig.tight_layout()
+plt.show()
+
+# The numbers tests/test_notebooks.py checks.
+with open("quickstart_results.json", "w") as f:
+  json.dump({name: {"step": list(curve),
+                    "accuracy": [m["accuracy"] for m in curve.values()],
+                    "rank_accuracy": [m["rank_accuracy"] for m in curve.values()]}
+             for name, curve in curves.items()}, f)'''),
+    ("md", "On the pretrained model the prompt first learns to answer with a label at all "
+           "(accuracy from 0 to about 50%: one label for everything), then to pick the right one "
+           "(to 100%). On the random model it never gets past chance.\n\n"
+           "Decoding new reviews with the stored pretrained run (the CLI's `prompt-tuning infer "
+           "--config.output_dir=RUN --input=TEXT --rank`):"),
+    ("code", '''from prompt_tuning.run.infer import infer
+
+texts = ["review: the farmer found a wonderful box near the sea",
+         "review: my neighbour wrote about the dreadful storm"]
+out = infer(pretrained, texts, rank=True)
+for text, decoded, ranked in zip(texts, out["outputs"], out["ranked"]):
+  scores = ", ".join(f"{label} {s:.2f}" for label, s in ranked["scores"].items())
+  print(f"{text:55s} -> {decoded!r:11s} log-likelihoods: {scores}")'''),
+])
+
+PEFT_EXPORT = nb([
+    ("md", "# Export to PEFT, load in transformers\n\nA LoRA run on the pretrained tiny T5, "
+           "exported as a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`, "
+           "what `prompt-tuning export --format peft` writes), then loaded with "
+           "`peft.PeftModel.from_pretrained` on top of "
+           "`transformers.T5ForConditionalGeneration`. The PyTorch model gives the same logits "
+           "as ours (float32, within 1e-4) and generates the same answers. A prompt-tuning run "
+           "exports the same way, as a `PROMPT_TUNING` adapter."),
+    ("code", setup(packages=("peft",))),
+    ("code", '''import json, os, tempfile
+from prompt_tuning.default_config import TINY_T5, get_config
+from prompt_tuning.run import loop
+
+c = get_config()
+c.unlock()
+c.output_dir = tempfile.mkdtemp(prefix="lora_")
+c.method.name = "lora"             # rank 4, alpha 8 on q, k, v, o and the MLP
+c.optimizer.learning_rate = 3e-3   # AdamW (LoRA's default) at 3x its lr: a short run
+c.data.num_eval = 128 if SMALL else 256
+steps = 40 if SMALL else 150
+c.train.update(num_steps=steps, log_every=10, eval_every=steps, checkpoint_every=steps)
+c.lock()
+result = loop.train(c)
+print(f"dev accuracy after {result['step']} steps: "
+      f"{result['eval']['synthetic_sentiment']['accuracy']:.1f}%")'''),
+    ("md", "Export. From a shell this is `prompt-tuning export` with the training flags "
+           "(`--config.method.name=lora --config.optimizer.learning_rate=3e-3 ... "
+           "--config.output_dir=RUN`) and `--format=peft --out=DIR`."),
+    ("code", '''from prompt_tuning.run import export
+
+adapter_dir = os.path.join(c.output_dir, "peft_adapter")
+print(export.export(c, adapter_dir, "peft"))
+with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+  adapter_config = json.load(f)
+print({k: adapter_config[k] for k in ("peft_type", "task_type", "r", "lora_alpha",
+                                      "target_modules", "base_model_name_or_path")})'''),
+    ("md", "Our side: the trained run restored into the JAX model; a batch of dev examples "
+           "tokenized with the checkpoint's SentencePiece model."),
+    ("code", '''import numpy as np
+from flax import nnx
+from prompt_tuning import checkpoint
+from prompt_tuning.data import arrays, synthetic
+from prompt_tuning.run.build import build
+
+exp = build(c, with_data=False)
+ckpt = checkpoint.Checkpointer(os.path.join(c.output_dir, "checkpoints"))
+state, _ = ckpt.restore(exp.trainer.init_state())
+ckpt.close()
+nnx.update(exp.model, state.params)   # the trained LoRA factors into the frozen model
+
+examples = synthetic.sentiment_examples(8, seed=1)
+batch = arrays.encode_examples(examples, exp.vocab, c.data.max_input_length,
+                               c.data.max_target_length)
+# Teacher forcing: the decoder reads the start token (0) and then the target shifted right.
+decoder_inputs = np.pad(batch["targets"][:, :-1], ((0, 0), (1, 0)))
+ours = np.asarray(exp.model(batch["inputs"], batch["input_mask"], decoder_inputs))
+print("our logits", ours.shape)'''),
+    ("md", "PyTorch side: the base checkpoint, then the adapter on it."),
+    ("code", '''import peft, torch, transformers
+
+def torch_logits(model):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(batch["inputs"], dtype=torch.long),
+                 attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+                 decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long)).logits.numpy()
+
+base = transformers.T5ForConditionalGeneration.from_pretrained(TINY_T5).eval()
+plain = torch_logits(base)   # before PEFT injects the adapter into `base`
+peft_model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+theirs = torch_logits(peft_model)
+max_diff = float(np.abs(ours - theirs).max())
+adapter_effect = float(np.abs(theirs - plain).max())
+print(f"max |ours - PEFT| = {max_diff:.2e}   (the adapter itself moves the logits by up to "
+      f"{adapter_effect:.2f})")'''),
+    ("md", "Greedy generation with the PEFT model, next to our decoder (`infer`'s):"),
+    ("code", '''from prompt_tuning.run.infer import decode_texts
+
+texts = [e["inputs"] for e in examples]
+with torch.no_grad():
+  generated = peft_model.generate(
+      input_ids=torch.tensor(batch["inputs"], dtype=torch.long),
+      attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+      max_new_tokens=c.train.max_decode_length, do_sample=False, num_beams=1)
+peft_texts = [exp.vocab.decode(ids[1:]) for ids in generated.tolist()]   # after the start token
+our_texts = decode_texts(exp, state.params, texts)
+for e, p, o in zip(examples, peft_texts, our_texts):
+  print(f"target {e['targets']:9s} PEFT {p:9s} ours {o:9s} {e['inputs']}")
+
+# The numbers tests/test_notebooks.py checks.
+with open("peft_export_results.json", "w") as f:
+  json.dump({"max_abs_diff": max_diff, "adapter_effect": adapter_effect,
+             "generations_match": peft_texts == our_texts,
+             "peft_accuracy": 100.0 * float(np.mean([p == e["targets"]
+                                                    for p, e in zip(peft_texts, examples)]))},
+            f)'''),
 ])
 
 DOMAIN_SHIFT = nb([
@@ -63,9 +228,9 @@ DOMAIN_SHIFT = nb([
            "dataset and evaluate it zero-shot on the other. Both GLUE tasks are registered in one "
            "shared text format (`paraphrase sentence1: ... sentence2: ...` -> `equivalent` / "
            "`not_equivalent`), so the prompt transfers as is. With real data, point "
-           "`model.hf_checkpoint` at a T5 checkpoint; here a tiny T5 keeps it quick. In tests "
-           "(`PT_NOTEBOOK_SMALL=1`) TFDS is mocked, so no download happens."),
-    ("code", SETUP),
+           "`model.hf_checkpoint` at a T5 checkpoint; here the default's pretrained tiny T5 keeps "
+           "it quick. In tests (`PT_NOTEBOOK_SMALL=1`) TFDS is mocked, so no download happens."),
+    ("code", setup("[tasks]")),
     ("code", '''import contextlib, tempfile
 import tensorflow_datasets as tfds
 from prompt_tuning.default_config import get_config
@@ -84,54 +249,59 @@ c.train.update(batch_size=16, num_steps=6 if SMALL else 2000, log_every=3 if SMA
 c.lock()
 data = tfds.testing.mock_data(num_examples=64) if SMALL else contextlib.nullcontext()
 with data:
-    result = loop.train(c)'''),
+  result = loop.train(c)'''),
     ("code", '''for task, m in result["eval"].items():
-    print(f"{task:24s} accuracy {m['accuracy']:6.2f}  F1 {m['f1']:6.2f}  perplexity {m['perplexity']:.3f}")
+  print(f"{task:24s} accuracy {m['accuracy']:6.2f}  F1 {m['f1']:6.2f}  "
+        f"perplexity {m['perplexity']:.3f}")
 print("best checkpoint (dev perplexity on QQP):", result["best"])
 assert set(result["eval"]) == {"glue_qqp_paraphrase", "glue_mrpc_paraphrase"}'''),
 ])
 
 COMPARISON = nb([
-    ("md", "# LoRA vs prompt tuning vs full fine-tuning\n\nThe same tiny T5 and synthetic task "
-           "under three methods; the plot shows the training loss, the table the parameter "
-           "counts and dev accuracy."),
-    ("code", SETUP),
+    ("md", "# LoRA vs prompt tuning vs full fine-tuning\n\nThe default job's pretrained tiny T5 "
+           "and synthetic task under three methods; the plot shows the training loss, the table "
+           "the parameter counts and dev accuracy."),
+    ("code", setup()),
     ("code", '''import json, tempfile
 from prompt_tuning.default_config import get_config
 from prompt_tuning.run import loop
 
+# lr 0: the method's default (Adafactor 0.3 for the prompt).
 settings = {"prompt": dict(lr=0.0), "lora": dict(lr=3e-3), "full": dict(lr=1e-3)}
 results = {}
 for name, s in settings.items():
-    c = get_config()
-    c.unlock()
-    c.output_dir = tempfile.mkdtemp(prefix=f"compare_{name}_")
-    c.method.name = name
-    c.method.prompt.length = 20
-    c.optimizer.learning_rate = s["lr"]
-    c.data.update(num_train=512 if SMALL else 2000, num_eval=64 if SMALL else 256)
-    c.train.update(num_steps=20 if SMALL else 300, log_every=5 if SMALL else 10,
-                   eval_every=20 if SMALL else 300, checkpoint_every=20 if SMALL else 300)
-    c.lock()
-    results[name] = loop.train(c)
-    results[name]["curve"] = [json.loads(l) for l in open(f"{c.output_dir}/metrics.jsonl") if '"loss"' in l and '"eval"' not in l]'''),
-    ("code", '''import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+  c = get_config()
+  c.unlock()
+  c.output_dir = tempfile.mkdtemp(prefix=f"compare_{name}_")
+  c.method.name = name
+  c.method.prompt.length = 20
+  c.optimizer.learning_rate = s["lr"]
+  c.data.update(num_train=512 if SMALL else 2000, num_eval=64 if SMALL else 256)
+  c.train.update(num_steps=20 if SMALL else 300, log_every=5 if SMALL else 10,
+                 eval_every=20 if SMALL else 300, checkpoint_every=20 if SMALL else 300)
+  c.lock()
+  results[name] = loop.train(c)
+  with open(f"{c.output_dir}/metrics.jsonl") as f:
+    results[name]["curve"] = [r for r in map(json.loads, f) if "loss" in r]'''),
+    ("code", '''import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(6, 4))
 for name, r in results.items():
-    ax.plot([p["step"] for p in r["curve"]], [p["loss"] for p in r["curve"]], label=name)
+  ax.plot([p["step"] for p in r["curve"]], [p["loss"] for p in r["curve"]], label=name)
 ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.set_yscale("log"); ax.legend()
 fig.tight_layout()
-fig.savefig("/tmp/lora_vs_prompt.png", dpi=100)
+fig.savefig("lora_vs_prompt.png", dpi=100)
+plt.show()
 for name, r in results.items():
-    m = r["eval"]["synthetic_sentiment"]
-    print(f"{name:7s} trainable {r['trainable_params']:>8,}  dev accuracy {m['accuracy']:.3f}  loss {m['loss']:.4f}")
-assert results["prompt"]["trainable_params"] < results["lora"]["trainable_params"] < results["full"]["trainable_params"]'''),
+  m = r["eval"]["synthetic_sentiment"]
+  print(f"{name:7s} trainable {r['trainable_params']:>8,}  dev accuracy {m['accuracy']:5.1f}%  "
+        f"loss {m['loss']:.4f}")
+assert (results["prompt"]["trainable_params"] < results["lora"]["trainable_params"]
+        < results["full"]["trainable_params"])'''),
 ])
 
 if __name__ == "__main__":
   for name, book in (("prompt_tuning_quickstart", QUICKSTART),
+                     ("peft_export", PEFT_EXPORT),
                      ("domain_shift_qqp_mrpc", DOMAIN_SHIFT),
                      ("lora_vs_prompt", COMPARISON)):
     nbf.write(book, os.path.join(HERE, f"{name}.ipynb"))
