@@ -51,7 +51,7 @@ def test_shipped_configs_load_and_sweeps_are_well_formed():
     c = mod.get_config()
     for run in getattr(mod, "get_sweep", lambda: [])():
       run = dict(run)
-      run.pop("name"), run.pop("group", None)
+      run.pop("name"), run.pop("group", None), run.pop("tags", None)
       sweep_lib.apply_overrides(c, run)  # raises on an unknown key
   spec = importlib.util.spec_from_file_location("pc", os.path.join(root, "configs", "peft_comparison.py"))
   pc = importlib.util.module_from_spec(spec)

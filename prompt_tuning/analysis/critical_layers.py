@@ -12,11 +12,9 @@ Reads ``output_dir/results.jsonl`` (one record per run, written by run/sweep.py)
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 
-from prompt_tuning.analysis import sparse
+from prompt_tuning.analysis import sparse, tables
 from prompt_tuning.run import build as build_lib
 from prompt_tuning.run import evaluate as evaluate_lib
 from prompt_tuning.run import sweep as sweep_lib
@@ -26,20 +24,6 @@ SETTINGS = ("untuned", "tuned", "magnitude_sparse", "learned_mask")
 # saturates, e.g. exact-match 0 on a random-init model), then the tuned layer's distances.
 COLUMNS = ("layer", "params") + SETTINGS + tuple(f"{k}_loss" for k in SETTINGS) + (
     "l2", "rel_l2", "angle_deg", "sparsity")
-
-
-def read_results(out_dir: str) -> dict[str, dict]:
-  """{run name: its last record} from a sweep's results.jsonl."""
-  path = os.path.join(out_dir, "results.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no sweep results in {out_dir!r} (results.jsonl); run the sweep first")
-  out = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        out[rec["run"]] = rec
-  return out
 
 
 def _metric(evals: dict, task: str, metric: str) -> float:
@@ -65,7 +49,7 @@ def analyze(config, metric: str = "accuracy") -> list[dict]:
   """One row per layer (see COLUMNS; missing runs give None) from the sweep in
   ``config.output_dir``; also writes the table and the plot there."""
   out_dir = config.output_dir
-  results = read_results(out_dir)
+  results = sweep_lib.read_results(out_dir)
   task = config.data.task
   rows: dict[str, dict] = {}
   untuned = None   # the untuned model's evals
@@ -112,24 +96,12 @@ def _layer_order(names):
   return sorted(names, key=key)
 
 
-def _fmt(v):
-  if v is None:
-    return "-"
-  if isinstance(v, float):
-    return f"{v:.4g}"
-  return str(v)
-
-
 def write_table(table: list[dict], out_dir: str, metric: str):
-  with open(os.path.join(out_dir, "critical_layers.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(table)
+  tables.write_csv(os.path.join(out_dir, "critical_layers.csv"), COLUMNS, table)
   lines = [f"Dev {metric} (and dev loss) per tuned layer: untuned model, the layer tuned alone, "
            f"that run magnitude-sparsified (each matrix keeps its `sparsity` largest changes), "
-           f"a mask learned on the layer (zeroes `sparsity` of each projection kernel).", "",
-           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in table]
+           f"a mask learned on the layer (zeroes `sparsity` of each projection kernel).", ""]
+  lines += tables.markdown(COLUMNS, table)
   with open(os.path.join(out_dir, "critical_layers.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -44,7 +44,8 @@ def in_memory_sources(task: str, split: str, vocab, feature_lengths: dict, num_e
     k = len(parts)
     shares = [num_examples // k + (i < num_examples % k) for i in range(k)]
     s = seed + (0 if split == "train" else EVAL_SEED_OFFSET)
-    return ([pipeline.tokenize_examples(synthetic.get_examples(t, n, s), vocab, S, T, truncate, t)
+    return ([pipeline.tokenize_examples(synthetic.get_examples(t, n, s, instructions), vocab, S,
+                                        T, truncate, t)
              for t, n in zip(parts, shares)], [1.0] * k)
   tasks = _seqio_tasks()
   subs = tasks.mixture_tasks(task)

@@ -35,8 +35,47 @@ def copy_first_word_examples(n: int, seed: int = 0):
   return out
 
 
-TASKS = {"synthetic_sentiment": sentiment_examples, "synthetic_copy": copy_first_word_examples}
-CLASS_LABELS = {"synthetic_sentiment": ("positive", "negative")}
+# The second domain of the sentiment labels: fluent one-line comments about an event, with other
+# context words than the reviews' (the same opinion words, so that the labels mean the same).
+SPEAKERS = ("the mayor", "a stranger", "my sister", "the captain", "an old fisherman", "the baker",
+            "a young student", "the painter")
+EVENTS = ("the trip", "the concert", "the meal", "the play", "the party", "the show", "the film",
+          "the game")
+PLACES = ("at the harbour", "in the town", "at the market", "on the boat", "after the rain",
+          "in the evening")
+
+
+def comment_examples(n: int, seed: int = 0):
+  """"comment: <who> said that <event> <where> was <opinion word>" (or "<event> <where> was
+  <opinion word> said <who>") -> "positive" / "negative": the task of :func:`sentiment_examples`
+  in another domain, the stand-in for a domain shift between two datasets of one task (QQP and
+  MRPC in Lester et al. 2021)."""
+  rng = np.random.RandomState(seed)
+  out = []
+  for _ in range(n):
+    label = int(rng.randint(2))
+    who, event, where = (str(rng.choice(xs)) for xs in (SPEAKERS, EVENTS, PLACES))
+    word = str(rng.choice(POSITIVE if label else NEGATIVE))
+    text = (f"{who} said that {event} {where} was {word}" if rng.randint(2)
+            else f"{event} {where} was {word} said {who}")
+    out.append({"inputs": "comment: " + text, "targets": "positive" if label else "negative"})
+  return out
+
+
+TASKS = {"synthetic_sentiment": sentiment_examples, "synthetic_copy": copy_first_word_examples,
+         "synthetic_sentiment_comments": comment_examples}
+CLASS_LABELS = {"synthetic_sentiment": ("positive", "negative"),
+                "synthetic_sentiment_comments": ("positive", "negative")}
+# Prepended to the inputs when data.instructions is on (as prompt_tuning.tasks does for seqio
+# tasks), in the words the tiny T5's pretraining corpus uses.
+INSTRUCTIONS = {"synthetic_sentiment": "is the opinion positive or negative ?",
+                "synthetic_sentiment_comments": "is the opinion positive or negative ?",
+                "synthetic_copy": "say the first word again ."}
+# Train on the first task, evaluate zero-shot on the second (data.domain_shift), like the
+# registered seqio pairs qqp_to_mrpc / mrpc_to_qqp.
+DOMAIN_SHIFT_PAIRS = {
+    "reviews_to_comments": ("synthetic_sentiment", "synthetic_sentiment_comments"),
+    "comments_to_reviews": ("synthetic_sentiment_comments", "synthetic_sentiment")}
 
 
 def mixture_parts(name: str) -> list[str] | None:
@@ -46,7 +85,11 @@ def mixture_parts(name: str) -> list[str] | None:
   return parts if all(p in TASKS for p in parts) else None
 
 
-def get_examples(name: str, n: int, seed: int):
+def get_examples(name: str, n: int, seed: int, instructions: bool = False):
+  """``n`` examples of synthetic task ``name``; ``instructions``: its instruction prepended."""
   if name not in TASKS:
     raise ValueError(f"unknown synthetic task {name!r}; known: {sorted(TASKS)}")
-  return TASKS[name](n, seed)
+  examples = TASKS[name](n, seed)
+  if instructions:
+    examples = [dict(ex, inputs=f"{INSTRUCTIONS[name]} {ex['inputs']}") for ex in examples]
+  return examples

@@ -6,7 +6,9 @@ A new family is one module (its config reader/writer, presets and HF weight name
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 
 import jax.numpy as jnp
 from flax import nnx
@@ -66,3 +68,63 @@ def save(model: core.LanguageModel, out_dir: str, params=None):
   family = FAMILIES[model.cfg.family]
   hf.write_checkpoint(out_dir, family.to_hf(model.cfg), hf.state_dict(family, model, params))
   return os.path.abspath(out_dir)
+
+
+def truncate(path: str, out_dir: str, num_layers: int,
+             num_decoder_layers: int | None = None) -> str:
+  """Writes the checkpoint ``path`` cut to its first ``num_layers`` layers (encoder-decoder: the
+  first ``num_layers`` encoder and ``num_decoder_layers`` decoder layers, default the same) as a
+  Hugging Face checkpoint directory ``out_dir``, with the tokenizer files of ``path``. The layers
+  kept, embeddings and final norms are the pretrained ones, not re-trained at the new depth: a
+  smaller model that shares the pretraining, where no smaller pretrained sibling exists."""
+  from prompt_tuning.interop import hub
+  src = hub.resolve(path)
+  model = load(src)
+  cfg = model.cfg
+  n_dec = num_decoder_layers if num_decoder_layers is not None else num_layers
+  depths = [(num_layers, cfg.num_layers, "num_layers")]
+  if cfg.is_encoder_decoder:
+    depths.append((n_dec, cfg.n_decoder_layers, "num_decoder_layers"))
+  for n, full, name in depths:
+    if not 1 <= n <= full:
+      raise ValueError(f"{name}={n}: {src} has {full}; keep between 1 and {full}")
+  small = cfg.replace(
+      num_layers=num_layers, num_decoder_layers=n_dec if cfg.is_encoder_decoder else None,
+      sliding_layers=None if cfg.sliding_layers is None else cfg.sliding_layers[:num_layers])
+  family = FAMILIES[cfg.family]
+  tensors = hf.state_dict(family, model)
+  hf.write_checkpoint(out_dir, family.to_hf(small),
+                      {t.hf: tensors[t.hf] for t in family.weights(small).tensors})
+  weights = {os.path.basename(f) for f in hf.weight_files(src)}
+  for name in sorted(os.listdir(src)):   # tokenizer files (spiece.model, tokenizer.json, ...)
+    if name not in weights and name != "config.json" and not name.endswith(".index.json") \
+        and os.path.isfile(os.path.join(src, name)):
+      shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
+  return os.path.abspath(out_dir)
+
+
+def truncated(path: str, num_layers: int, num_decoder_layers: int | None = None,
+              cache_dir: str | None = None) -> str:
+  """The copy of ``path`` cut by :func:`truncate`, made once into the cache
+  (``$PROMPT_TUNING_CACHE``, else ~/.cache/prompt_tuning) under a name derived from the source's
+  files, so that a config can name it; returns its directory."""
+  from prompt_tuning.data.vocab import default_cache_dir
+  from prompt_tuning.interop import hub
+  src = hub.resolve(path)
+  digest = hashlib.sha256()
+  for fn in [os.path.join(src, "config.json")] + hf.weight_files(src):
+    with open(fn, "rb") as f:
+      digest.update(f.read())
+  depth = f"L{num_layers}" + ("" if num_decoder_layers is None else f"-D{num_decoder_layers}")
+  name = f"{os.path.basename(os.path.normpath(src))}-{digest.hexdigest()[:12]}-{depth}"
+  out = os.path.join(cache_dir or default_cache_dir(), "truncated", name)
+  if not os.path.exists(os.path.join(out, "config.json")):
+    tmp = f"{out}.tmp{os.getpid()}"
+    truncate(src, tmp, num_layers, num_decoder_layers)
+    try:
+      os.replace(tmp, out)   # atomic: a concurrent maker of the same copy may win
+    except OSError:
+      shutil.rmtree(tmp, ignore_errors=True)
+      if not os.path.exists(os.path.join(out, "config.json")):
+        raise
+  return os.path.abspath(out)

@@ -145,14 +145,17 @@ def check_task(name: str, download: bool):
 
 def resolve_tasks(config):
   """(train task, extra eval tasks); ``data.domain_shift`` names a registered pair such as
-  ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC)."""
+  ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC) or a synthetic one
+  (``reviews_to_comments``, no TensorFlow needed)."""
   d = config.data
   if d.domain_shift:
-    tasks = import_tasks()
-    if d.domain_shift not in tasks.DOMAIN_SHIFT_PAIRS:
+    pairs = synthetic.DOMAIN_SHIFT_PAIRS
+    if d.domain_shift not in pairs:
+      pairs = import_tasks().DOMAIN_SHIFT_PAIRS
+    if d.domain_shift not in pairs:
       raise ValueError(f"unknown domain_shift {d.domain_shift!r}; known: "
-                       f"{sorted(tasks.DOMAIN_SHIFT_PAIRS)}")
-    src, tgt = tasks.DOMAIN_SHIFT_PAIRS[d.domain_shift]
+                       f"{sorted(pairs) + sorted(synthetic.DOMAIN_SHIFT_PAIRS)}")
+    src, tgt = pairs[d.domain_shift]
     return src, tuple(t for t in (tgt,) + tuple(d.eval_tasks) if t != src)
   return d.task, tuple(t for t in d.eval_tasks if t != d.task)
 

@@ -203,7 +203,8 @@ def _train(config, allow_changed) -> dict:
     tb.close()
   final = evaluate_all(exp, state.params)
   ckpt.close()
-  result = {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable}
+  result = {"step": int(state.step), "eval": final, "trainable_params": trainer.num_trainable,
+            "model_params": trainer.num_base}
   if best.latest_step() is not None:
     result["best"] = {"step": best.latest_step(), "dev_perplexity": best_ppl}
   best.close()
