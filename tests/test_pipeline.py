@@ -269,7 +269,10 @@ def sq():
   pytest.importorskip("seqio")
   tfds = pytest.importorskip("tensorflow_datasets")
   from prompt_tuning import tasks
-  from prompt_tuning.data import seqio_pipeline
+  from prompt_tuning.data import seqio_pipeline, vocab as vocab_lib
+  # These tests compare with the in-repo vocabulary; an earlier run in this process may have
+  # switched the registry to its own (e.g. the shipped T5's).
+  tasks.set_vocabulary(vocab_lib.default_vocab().path)
   return tasks, seqio_pipeline, tfds
 
 
