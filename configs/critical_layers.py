@@ -42,7 +42,8 @@ def get_config():
 def get_sweep():
   runs = []
   m = get_config().model
-  cfg = models.checkpoint_config(m.hf_checkpoint) if m.hf_checkpoint else models.preset(m.preset)
+  cfg = (models.checkpoint_config(m.hf_checkpoint, weights=False) if m.hf_checkpoint
+         else models.preset(m.preset))   # layer counts only: config.json is enough
   for layer in layer_paths(cfg):
     runs.append(dict(name=f"layers_{layer}", **{
         "method.name": "layers", "method.layers.paths": (layer,),

@@ -11,7 +11,7 @@ from prompt_tuning import checkpoint, methods, models, trainer as trainer_lib
 from prompt_tuning.data import inputs, pipeline, synthetic
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.models import core
-from tests.helpers import make_trainer, sentiment_data, vocab
+from tests.helpers import make_trainer, preset_config, sentiment_data, vocab
 
 D = 64
 TASKS = ("synthetic_sentiment", "synthetic_copy")
@@ -214,11 +214,9 @@ def test_prompt_transfer_restores_the_other_runs_prompt_exactly(tmp_path):
 
 # ------------------------------------------------------------------------------ run layer
 def run_config(out, task="synthetic_sentiment+synthetic_copy", **prompt):
-  from prompt_tuning.default_config import get_config
-  c = get_config()
+  c = preset_config()   # the shapes and vocabulary of the helpers
   c.unlock()
   c.output_dir = str(out)
-  c.model.update(hf_checkpoint="", preset="tiny")  # the shapes and vocabulary of helpers
   c.method.prompt.update(**dict(dict(length=4), **prompt))
   c.data.update(task=task, num_train=64, num_eval=16)
   c.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=4,

@@ -9,19 +9,12 @@ import sys
 
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.interop import hub
-from prompt_tuning.models import core, families, hf
+from prompt_tuning.models import core, families
 
 # What save_pretrained writes for a tokenizer (copied next to exported checkpoints).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "spiece.model", "tokenizer.model", "vocab.json", "merges.txt",
                    "added_tokens.json")
-
-
-def checkpoint_config(path: str) -> core.ModelConfig:
-  """The ModelConfig a checkpoint directory describes (its config.json; no weights are read)."""
-  d = hf.read_config(path)
-  family = families.for_model_type(d.get("model_type"), path)
-  return family.from_hf(hf.ConfigReader(d, os.path.join(path, "config.json")), {})
 
 
 def checkpoint_vocab(path: str, cfg: core.ModelConfig):
@@ -66,7 +59,7 @@ def run_vocab(config):
     vocab = vocab_lib.load(config.data.vocab)
     if ckpt:
       path = hub.resolve(ckpt)
-      cfg = checkpoint_config(path)
+      cfg = families.checkpoint_config(path, weights=False)
       if isinstance(vocab, vocab_lib.HFTokenizerVocab) and not vocab.has_pad:
         vocab.pad_id = cfg.pad_token_id   # no pad token of its own: pad as the model does
       check_agreement(vocab, cfg, path)
@@ -74,7 +67,7 @@ def run_vocab(config):
   if not ckpt:
     return vocab_lib.default_vocab()
   path = hub.resolve(ckpt)
-  cfg = checkpoint_config(path)
+  cfg = families.checkpoint_config(path, weights=False)
   vocab = checkpoint_vocab(path, cfg)
   if vocab is None:
     print(f"warning: {path} has no tokenizer (tokenizer.json or spiece.model); using the bundled "

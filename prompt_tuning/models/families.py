@@ -52,14 +52,17 @@ def load(path: str, *, param_dtype=None, **compute) -> core.LanguageModel:
   return hf.load(family, path, config, param_dtype=param_dtype, **compute)
 
 
-def checkpoint_config(path: str, **compute) -> core.ModelConfig:
+def checkpoint_config(path: str, *, weights: bool = True, **compute) -> core.ModelConfig:
   """The architecture of a checkpoint directory (or cached Hub id) without building it: e.g. to
-  build the same shape with random weights (the no-pretraining baseline)."""
+  build the same shape with random weights (the no-pretraining baseline). ``weights=False``
+  reads config.json alone: enough for token ids and shapes, but a T5 head then reads as tied
+  (only the weights tell a transformers-4 untied head apart)."""
   from prompt_tuning.interop import hub
   path = hub.resolve(path)
   hf_config = hf.read_config(path)
   family = for_model_type(hf_config.get("model_type"), path)
-  return hf.model_config(family, path, hf_config, hf.read_state_dict(path), **compute)
+  sd = hf.read_state_dict(path) if weights else {}
+  return hf.model_config(family, path, hf_config, sd, **compute)
 
 
 def save(model: core.LanguageModel, out_dir: str, params=None):
