@@ -141,7 +141,7 @@ def _header(path: str, f) -> tuple[list[str], int]:
 def read_line_record(path: str, fmt: str, header, raw: bytes, where: str) -> dict:
   text = _text(path, where, raw)
   if fmt == "jsonl":
-    return _json_object(path, where, text)
+    return _json_object(path, where, text.strip())
   return _csv_row(path, where, text.rstrip("\r\n"), header, "\t" if fmt == "tsv" else ",")
 
 
@@ -177,28 +177,36 @@ def read_file(path: str):
 
 
 def _hf_load(d, split: str):
-  """One split of data.hf_dataset, offline."""
-  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")   # read before `datasets` is imported
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  """One split of data.hf_dataset, offline (nothing is fetched from the Hub)."""
   try:
     import datasets
+    from huggingface_hub import constants as hub_constants
   except ImportError:
     raise ValueError("data.hf_dataset needs the `datasets` package: pip install -e "
                      "'.[hf-datasets]'") from None
   name = os.path.expanduser(d.hf_dataset)
-  if os.path.isdir(name) and any(os.path.exists(os.path.join(name, f))
-                                 for f in ("dataset_dict.json", "state.json")):
-    data = datasets.load_from_disk(name)   # written by save_to_disk
-    if isinstance(data, datasets.Dataset):
-      raise ValueError(f"data.hf_dataset {name}: one saved split, not a DatasetDict; save a "
-                       f"DatasetDict with {d.hf_train_split!r} and {d.hf_eval_split!r} splits")
-  else:
-    try:
+  # The offline switches are read when `datasets` is imported (HF_HUB_OFFLINE=1); set here for
+  # this load only, as the process may have imported it before.
+  saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+  datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+  try:
+    if os.path.isdir(name) and any(os.path.exists(os.path.join(name, f))
+                                   for f in ("dataset_dict.json", "state.json")):
+      data = datasets.load_from_disk(name)   # written by save_to_disk
+      if isinstance(data, datasets.Dataset):
+        raise ValueError(f"data.hf_dataset {name}: one saved split, not a DatasetDict; save a "
+                         f"DatasetDict with {d.hf_train_split!r} and {d.hf_eval_split!r} "
+                         f"splits")
+    else:
       data = datasets.load_dataset(name, d.hf_config or None)
-    except Exception as e:   # the many ways a dataset is missing offline: one line
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      raise ValueError(f"data.hf_dataset {d.hf_dataset!r} (config {d.hf_config or 'default'!r})"
-                       f" cannot be loaded offline: {first}") from None
+  except ValueError:
+    raise
+  except Exception as e:   # the many ways a dataset is missing offline: one line
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"data.hf_dataset {d.hf_dataset!r} (config {d.hf_config or 'default'!r}) "
+                     f"cannot be loaded offline: {first}") from None
+  finally:
+    datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
   if split not in data:
     raise ValueError(f"data.hf_dataset {d.hf_dataset!r} has no split {split!r}; it has "
                      f"{sorted(data)} (set data.hf_train_split / data.hf_eval_split)")
@@ -411,8 +419,8 @@ class _At:
 class StreamIterator:
   """Endless per-host training batches streamed from line-based files (jsonl, csv, tsv).
 
-  Host ``p`` of ``P`` owns the lines that start in bytes ``[size*p/P, size*(p+1)/P)`` of every
-  file, so it reads only its share and the hosts' shares are disjoint and cover every record.
+  Host ``p`` of ``P`` owns the lines that start in the ``p``-th of ``P`` equal byte ranges of
+  every file (after a csv / tsv header), so it reads only its share and the hosts' shares are disjoint and cover every record.
   Its records go through a shuffle buffer of ``buffer_size`` examples; the rows of step ``s``
   are drawn from the buffer with a generator seeded by (seed, p, s), each replaced by the next
   record of the host's share (which starts over when it ends: epochs). The state is the step,
@@ -434,8 +442,8 @@ class StreamIterator:
       size = os.path.getsize(path)
       with open(path, "rb") as f:
         header, body = _header(path, f) if self.formats[i] != "jsonl" else (None, 0)
-        lo, hi = (max(body, size * k // num_processes) for k in (process_index,
-                                                                process_index + 1))
+        lo, hi = (body + (size - body) * k // num_processes for k in (process_index,
+                                                                     process_index + 1))
         if lo > body:   # the first line that starts at or after lo
           f.seek(lo - 1)
           f.readline()
