@@ -89,6 +89,20 @@ def stream(path, batch, hosts=1, host=0, buffer=1, seed=3):
       process_index=host, shuffle_buffer_size=buffer), vocab
 
 
+def test_own_data_needs_no_tensorflow(tmp_path):
+  import subprocess
+  import sys
+  path = write_jsonl(tmp_path / "a.jsonl", sentiment_records(8, 0))
+  code = ("import sys; from prompt_tuning.default_config import get_config; "
+          "from prompt_tuning.run import build; c = get_config(); "
+          f"c.output_dir = {str(tmp_path / 'run')!r}; "
+          f"c.data.train_file = c.data.eval_file = {path!r}; c.data.stream_above_mb = 0; "
+          "c.data.label_map = '0=negative,1=positive'; c.train.batch_size = 4; "
+          "exp = build.build(c); next(exp.train_it); list(exp.eval_sets[c.data.eval_file]); "
+          "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_streamed_hosts_read_disjoint_shares_that_cover_the_file(tmp_path, fmt):
   records = unique_records(101)

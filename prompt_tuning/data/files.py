@@ -139,7 +139,7 @@ def _header(path: str, f) -> tuple[list[str], int]:
 
 
 def read_line_record(path: str, fmt: str, header, raw: bytes, where: str) -> dict:
-  text = _text(path, where, raw)
+  text = _text(path, where, raw).lstrip("\ufeff")   # a byte-order mark opens some files
   if fmt == "jsonl":
     return _json_object(path, where, text.strip())
   return _csv_row(path, where, text.rstrip("\r\n"), header, "\t" if fmt == "tsv" else ",")
@@ -169,8 +169,6 @@ def read_file(path: str):
       header, _ = _header(path, f)
       line = 2
     for raw in f:
-      if line == 1:
-        raw = raw.removeprefix(b"\xef\xbb\xbf")
       if raw.strip():
         yield f"line {line}", read_line_record(path, fmt, header, raw, f"line {line}")
       line += 1
