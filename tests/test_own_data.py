@@ -295,3 +295,28 @@ def test_hf_datasets_from_local_files(tmp_path):
   c.hf_dataset = "no_such_dataset_here"
   with pytest.raises(ValueError, match="cannot be loaded offline"):
     files.OwnData(c)
+
+
+def test_own_jsonl_gives_the_builtin_task_batches(tmp_path):
+  """The synthetic sentiment task written as {"text", "label"} jsonl (int labels, a template
+  and a label map) feeds exactly the batches and dev examples of the built-in task."""
+  train_path = write_jsonl(tmp_path / "train.jsonl", sentiment_records(96, 0))
+  dev_path = write_jsonl(tmp_path / "dev.jsonl", sentiment_records(40, 10_000))
+  exps = []
+  for own in (False, True):
+    c = get_config()
+    c.output_dir, c.train.batch_size = str(tmp_path / "run"), 8
+    if own:
+      c.data.update(train_file=train_path, eval_file=dev_path, input_template="review: {text}",
+                    label_map="0=negative,1=positive")
+    else:
+      c.data.update(num_train=96, num_eval=40)
+    exps.append(build.build(c))
+  builtin, own = exps
+  for _ in range(15):   # past the first epoch (12 steps)
+    a, b = next(builtin.train_it), next(own.train_it)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  (ev_a,), (ev_b,) = builtin.eval_sets.values(), own.eval_sets.values()
+  assert ev_a.examples.raw == ev_b.examples.raw and len(ev_b.examples.raw) == 40
+  assert ev_b.labels == ("negative", "positive")
