@@ -41,6 +41,7 @@ TASK_TYPES = ("classification", "generation")
 GENERATION_METRICS = ("exact_match", "rouge", "bleu")
 LINE_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}   # one record per line
 FORMATS = dict(LINE_FORMATS, **{".json": "json"})
+MANY_LABELS = 100      # more classes than this: probably free text, warn
 DEFAULT_BUFFER = 1000   # streamed shuffle buffer (data.shuffle_buffer_size = 0)
 
 
@@ -98,12 +99,17 @@ def file_format(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ reading
-def _text(path: str, where: str, raw: bytes) -> str:
+def _text(path: str, where, raw: bytes) -> str:
+  """``raw`` decoded; ``where`` None: ``raw`` is the whole file (the message counts lines)."""
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError as e:
+    line_start = raw.rfind(b"\n", 0, e.start) + 1
+    if where is None:
+      lines = raw.count(b"\n", 0, e.start)
+      where = f"line {lines + 1}"
     raise ValueError(f"{path} {where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                     f"{e.start + 1}); save the file as UTF-8") from None
+                     f"{e.start - line_start + 1}); save the file as UTF-8") from None
 
 
 def _json_object(path: str, where: str, text: str) -> dict:
@@ -150,7 +156,7 @@ def read_file(path: str):
   fmt = file_format(path)
   with open(path, "rb") as f:
     if fmt == "json":
-      text = _text(path, "", f.read()).lstrip("\ufeff")
+      text = _text(path, None, f.read()).lstrip("\ufeff")
       try:
         data = json.loads(text)
       except json.JSONDecodeError as e:
@@ -275,22 +281,21 @@ class OwnData:
                        f"({d.hf_dataset!r}) are both set; give one")
     if d.task_type and d.task_type not in TASK_TYPES:
       raise ValueError(f"data.task_type {d.task_type!r}: use one of {TASK_TYPES} (or '')")
-    self.process_index = process_index
-    self.train_paths = self.stream_paths = None
+    self.stream_paths = None
     if d.train_file:
       if not d.eval_file:
         raise ValueError("data.train_file needs data.eval_file (the dev set every evaluation "
                          "and the best checkpoint use)")
-      self.train_paths = expand(d.train_file, "train_file")
+      train_paths = expand(d.train_file, "train_file")
       eval_paths = expand(d.eval_file, "eval_file")
-      size = sum(os.path.getsize(p) for p in self.train_paths)
+      size = sum(os.path.getsize(p) for p in train_paths)
       if size > d.stream_above_mb * 2 ** 20 and all(
-          file_format(p) != "json" for p in self.train_paths):
-        self.stream_paths = self.train_paths
-      first = self._first(self.train_paths)
+          file_format(p) != "json" for p in train_paths):
+        self.stream_paths = train_paths
+      first = self._first(train_paths)
       self.name = d.eval_file
       self.format = Format(d, first[1], first[0])
-      self.train = None if self.stream_paths else self._read_files(self.train_paths)
+      self.train = None if self.stream_paths else self._read_files(train_paths)
       self.dev = self._read_files(eval_paths)
     else:
       train_src, train_ds, train_rows = _hf_records(d, d.hf_train_split)
@@ -307,14 +312,19 @@ class OwnData:
     self.task_type = self.format.task_type
     if self.train is not None:
       pipeline.check_targets(f"training data {d.train_file or d.hf_dataset}",
-                    [e["targets"] for e in self.train], process_index)
-    pipeline.check_targets(f"dev data {self.name}", [e["targets"] for e in self.dev], process_index)
+                             [e["targets"] for e in self.train], process_index)
+    pipeline.check_targets(f"dev data {self.name}", [e["targets"] for e in self.dev],
+                           process_index)
     if self.task_type == "classification":
       if self.format.label_map is not None:
         self.labels = tuple(dict.fromkeys(self.format.label_map.values()))
       else:
         seen = [e["targets"] for e in (self.train or []) + self.dev]
         self.labels = tuple(sorted(set(seen)))
+      if len(self.labels) > MANY_LABELS:   # rank classification scores every label
+        pipeline.warn(f"{len(self.labels)} classes in {self.name}: rank classification scores "
+                      f"each; for free-text targets set data.task_type=generation",
+                      process_index)
       self.metrics = ()
     else:
       self.labels = ()
