@@ -192,6 +192,8 @@ def test_bad_training_file_is_one_line_naming_file_row_and_field(tmp_path, capsy
     ("dev.tsv", b"text\tlabel\ngood\t1\n", ["--config.data.target_field=y"],
      "{train} line 1: no field 'y' (fields: label, text); check data.target_field"),
     ("dev.json", b'{"text": "a"}', [], "{dev}: a JSON dict, not an array of objects"),
+    ("dev.json", b'[{"text": "good", "label": 1}, {"text": "' + b"good " * 60 + b'", "label": 0}]',
+     [], "{dev} record 2: inputs is 61 tokens (with EOS), longer than max_input_length=48"),
     ("dev.txt", b"good\n", [], "{dev}: unknown data format '.txt'"),
     ("dev*.jsonl", None, [], "data.eval_file='{dev}' matches no file"),
 ])

@@ -295,8 +295,9 @@ class OwnData:
       first = self._first(train_paths)
       self.name = d.eval_file
       self.format = Format(d, first[1], first[0])
-      self.train = None if self.stream_paths else self._read_files(train_paths)
-      self.dev = self._read_files(eval_paths)
+      self.train, self.train_where = (None, None) if self.stream_paths else \
+          self._read_files(train_paths)
+      self.dev, self.dev_where = self._read_files(eval_paths)
     else:
       train_src, train_ds, train_rows = _hf_records(d, d.hf_train_split)
       eval_src, _, eval_rows = _hf_records(d, d.hf_eval_split)
@@ -307,8 +308,8 @@ class OwnData:
       names = getattr(feature, "names", None)   # datasets.ClassLabel
       self.name = eval_src
       self.format = Format(d, train_ds[0], train_src, names)
-      self.train = self._examples(train_src, train_rows)
-      self.dev = self._examples(eval_src, eval_rows)
+      self.train, self.train_where = self._examples(train_src, train_rows)
+      self.dev, self.dev_where = self._examples(eval_src, eval_rows)
     self.task_type = self.format.task_type
     if self.train is not None:
       pipeline.check_targets(f"training data {d.train_file or d.hf_dataset}",
@@ -348,20 +349,26 @@ class OwnData:
         return p, rec
     raise ValueError(f"{', '.join(paths)}: no records (the training data is empty)")
 
-  def _read_files(self, paths) -> list[dict]:
-    out = []
+  def _read_files(self, paths) -> tuple[list[dict], list[str]]:
+    """The examples of the files, and where each comes from (for error messages)."""
+    out, places = [], []
     for p in paths:
       n = len(out)
-      out.extend(self.format.example(p, where, rec) for where, rec in read_file(p))
+      for where, rec in read_file(p):
+        out.append(self.format.example(p, where, rec))
+        places.append(f"{p} {where}")
       if len(out) == n:
         raise ValueError(f"{p}: no records")
-    return out
+    return out, places
 
-  def _examples(self, source, rows) -> list[dict]:
-    out = [self.format.example(source, where, rec) for where, rec in rows]
+  def _examples(self, source, rows) -> tuple[list[dict], list[str]]:
+    out, places = [], []
+    for where, rec in rows:
+      out.append(self.format.example(source, where, rec))
+      places.append(f"{source} {where}")
     if not out:
       raise ValueError(f"{source}: the split is empty")
-    return out
+    return out, places
 
   # -- metrics
   def score(self, examples, predictions) -> dict:
@@ -396,7 +403,8 @@ class OwnData:
                             num_processes=num_processes, process_index=process_index,
                             buffer_size=shuffle_buffer_size or DEFAULT_BUFFER)
     src = pipeline.tokenize_examples(self.train, vocab, feature_lengths["inputs"],
-                                     feature_lengths["targets"], truncate, self.name)
+                                     feature_lengths["targets"], truncate, self.name,
+                                     self.train_where)
     return pipeline.InMemoryIterator(
         [src], global_batch_size, feature_lengths=feature_lengths, seed=seed, pack=pack,
         model_type=model_type, packed_length=packed_length, num_processes=num_processes,
@@ -405,7 +413,8 @@ class OwnData:
   def eval_batches(self, vocab, *, feature_lengths: dict, global_batch_size: int,
                    truncate: bool, **kw):
     src = pipeline.tokenize_examples(self.dev, vocab, feature_lengths["inputs"],
-                                     feature_lengths["targets"], truncate, self.name)
+                                     feature_lengths["targets"], truncate, self.name,
+                                     self.dev_where)
     return pipeline.EvalBatches(src, global_batch_size, feature_lengths=feature_lengths,
                                 labels=self.labels, scorer=self.score, **kw)
 
@@ -415,13 +424,13 @@ class _At:
   """Where a streamed record is, for error messages: the line number is counted only when a
   message needs it (reading the file up to the record)."""
 
-  def __init__(self, path: str, offset: int):
-    self.path, self.offset = path, offset
+  def __init__(self, path: str, offset: int, prefix: str = ""):
+    self.path, self.offset, self.prefix = path, offset, prefix
 
   def __str__(self):
     with open(self.path, "rb") as f:
       lines = f.read(self.offset).count(b"\n")
-    return f"line {lines + 1}"
+    return f"{self.prefix}line {lines + 1}"
 
 
 class StreamIterator:
@@ -488,7 +497,7 @@ class StreamIterator:
     rec = read_line_record(path, self.formats[i], self.headers[i], raw, at)
     ex = self.format.example(path, at, rec)
     ids = pipeline.encode_example(ex, self.vocab, self.S, self.T, self.truncate,
-                                  f"{path} {at}")
+                                  _At(path, offset, f"{path} "))
     return (i, offset) + ids + (ex["targets"],)
 
   def _read_next(self):

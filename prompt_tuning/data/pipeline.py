@@ -153,10 +153,12 @@ def encode_example(ex: dict, vocab, max_input_length: int, max_target_length: in
 
 def tokenize_examples(examples: Sequence[dict], vocab, max_input_length: int,
                       max_target_length: int, truncate: bool = False,
-                      name: str = "") -> TokenizedExamples:
-  """Tokenizes {"inputs": str, "targets": str, extras...} once (:func:`encode_example`)."""
+                      name: str = "", where: Sequence[str] | None = None) -> TokenizedExamples:
+  """Tokenizes {"inputs": str, "targets": str, extras...} once (:func:`encode_example`);
+  ``where``: each example's place for error messages (default "example i")."""
   pairs = [encode_example(ex, vocab, max_input_length, max_target_length, truncate,
-                          f"example {i}") for i, ex in enumerate(examples)]
+                          where[i] if where else f"example {i}")
+           for i, ex in enumerate(examples)]
   return TokenizedExamples([p[0] for p in pairs], [p[1] for p in pairs], examples, name,
                            getattr(vocab, "pad_id", 0))
 
