@@ -279,6 +279,9 @@ class OwnData:
     if d.train_file and d.hf_dataset:
       raise ValueError(f"data.train_file ({d.train_file!r}) and data.hf_dataset "
                        f"({d.hf_dataset!r}) are both set; give one")
+    if d.stream_above_mb < 0:
+      raise ValueError(f"data.stream_above_mb must be >= 0 (0: always stream), got "
+                       f"{d.stream_above_mb}")
     if d.task_type and d.task_type not in TASK_TYPES:
       raise ValueError(f"data.task_type {d.task_type!r}: use one of {TASK_TYPES} (or '')")
     self.stream_paths = None
