@@ -440,7 +440,8 @@ class StreamIterator:
   """Endless per-host training batches streamed from line-based files (jsonl, csv, tsv).
 
   Host ``p`` of ``P`` owns the lines that start in the ``p``-th of ``P`` equal byte ranges of
-  every file (after a csv / tsv header), so it reads only its share and the hosts' shares are disjoint and cover every record.
+  every file (after a csv / tsv header), so it reads only its share and the hosts' shares are
+  disjoint and cover every record.
   Its records go through a shuffle buffer of ``buffer_size`` examples; the rows of step ``s``
   are drawn from the buffer with a generator seeded by (seed, p, s), each replaced by the next
   record of the host's share (which starts over when it ends: epochs). The state is the step,
@@ -455,7 +456,8 @@ class StreamIterator:
     start, stop = pipeline.host_rows(global_batch_size, num_processes, process_index)
     self.rows, self.paths, self.format, self.vocab = stop - start, list(paths), fmt, vocab
     self.S, self.T = int(feature_lengths["inputs"]), int(feature_lengths["targets"])
-    self.seed, self.truncate, self.p, self.buffer_size = seed, truncate, process_index, buffer_size
+    self.seed, self.truncate, self.p = seed, truncate, process_index
+    self.buffer_size = buffer_size
     self.formats = [file_format(p) for p in self.paths]
     self.headers, self.shares = [], []   # shares: (file, first line start, end) of this host
     for i, path in enumerate(self.paths):
@@ -479,15 +481,11 @@ class StreamIterator:
                   "label_map": fmt.label_map}
     self._files: dict = {}
     self.step, self.share, self.offset, self.epoch = 0, 0, None, 0
-    self.buffer: list = []   # (file, offset, input ids, target ids)
+    self.buffer: list = []   # (file, offset, input ids, target ids, target text)
     first = [self._read_next() for _ in range(min(buffer_size, 1000))]
-    pipeline.check_targets(f"streamed training data (first {len(first)} records of host {process_index})",
-                  [t[4] for t in first],
-                  process_index)
-    self._rewind()
-
-  def _rewind(self):
-    self.share, self.offset, self.epoch = 0, None, 0
+    pipeline.check_targets(f"streamed training data (first {len(first)} records of host "
+                           f"{process_index})", [r[4] for r in first], process_index)
+    self.share, self.offset, self.epoch = 0, None, 0   # the check's reading undone
 
   def _file(self, i: int):
     if i not in self._files:
