@@ -26,10 +26,12 @@ setup(
     extras_require={
         # The data layer: seqio task registries over TFDS, and their metrics.
         "tasks": TASKS,
+        # Own data from Hugging Face datasets (data.hf_dataset; local files and cache only).
+        "hf-datasets": ["datasets>=2.14"],
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
         # peft: our PEFT exports are checked by loading them with PEFT itself.
         "test": ["pytest", "torch==2.13.0", "transformers>=5", "peft>=0.21", "nbclient", "nbformat",
-                 "ipykernel", "matplotlib"] + TASKS,
+                 "ipykernel", "matplotlib", "datasets>=2.14"] + TASKS,
     },
     entry_points={"console_scripts": ["prompt-tuning=prompt_tuning.cli:main"]},
 )

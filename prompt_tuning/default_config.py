@@ -60,6 +60,23 @@ def get_config():
       shuffle_buffer_size=0,       # streamed seqio tasks (0: seqio's default)
       download=False,              # let TFDS download missing datasets (else fail at once)
   ))
+  # Your own data (prompt_tuning/data/files.py); train_file or hf_dataset replaces data.task,
+  # and every example is used (num_train / num_eval do not apply).
+  c.data.update(dict(
+      train_file="",               # jsonl / json / csv / tsv file or glob
+      eval_file="",                # the dev set (needed with train_file), same formats
+      hf_dataset="",               # a Hugging Face dataset: save_to_disk directory, directory of
+                                   # data files, or a name in the local HF cache (offline)
+      hf_config="",                # its configuration name ("" = the default one)
+      hf_train_split="train", hf_eval_split="validation",
+      input_template="",           # e.g. "review: {text}" ("" = the text / source / inputs field)
+      target_field="",             # "" = the label / target / targets / output / answer field
+      label_map="",                # e.g. "0=negative,1=positive": target value -> target text
+      task_type="",                # classification | generation ("" = classification when the
+                                   # target field is "label" or there is a label map)
+      metrics="",                  # generation: some of exact_match,rouge,bleu ("" = exact_match)
+      stream_above_mb=256,         # training files larger in total stream per host (0: always)
+  ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=300, log_every=25, eval_every=100, checkpoint_every=100,
       max_to_keep=3, eval_batch_size=64, max_decode_length=8, z_loss=0.0,

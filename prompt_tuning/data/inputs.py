@@ -59,6 +59,14 @@ def in_memory_sources(task: str, split: str, vocab, feature_lengths: dict, num_e
   return sources, rates
 
 
+def check_sources(sources, split: str, process_index: int = 0):
+  """Degenerate in-memory data is refused or warned about before training
+  (:func:`pipeline.check_targets`); streamed seqio sets are not read ahead to check."""
+  for s in sources:
+    pipeline.check_targets(f"{s.name} ({split} split, {len(s)} examples)",
+                           [r["targets"] for r in s.raw], process_index)
+
+
 def source_task_ids(sources, task_names) -> list[int] | None:
   """The id (index in ``task_names``) of each source's task; None without ``task_names``."""
   if not task_names:
@@ -112,6 +120,7 @@ def train_iterator(task: str, *, vocab, feature_lengths: dict, global_batch_size
   sources, rates = in_memory_sources(task, "train", vocab, feature_lengths, num_examples, seed,
                                      shuffle=few_shot, instructions=instructions,
                                      truncate=truncate)
+  check_sources(sources, "training", process_index)
   return pipeline.InMemoryIterator(
       sources, global_batch_size, feature_lengths=feature_lengths, rates=rates, seed=seed,
       pack=pack, model_type=model_type, packed_length=packed_length,
@@ -142,6 +151,7 @@ def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: 
         num_examples=num_examples or None, vocab_path=_spm_path(vocab), **kw)
   sources, _ = in_memory_sources(task, split, vocab, feature_lengths, num_examples, seed,
                                  instructions=instructions, truncate=truncate)
+  check_sources(sources, split, process_index)
   if len(sources) > 1:  # a mixture's dev sets one after the other, as when streamed
     raw = [dict(r, task=s.name) for s in sources for r in s.raw]
     merged = pipeline.TokenizedExamples(

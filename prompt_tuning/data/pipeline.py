@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -129,28 +130,54 @@ def _gather_padded(flat, offsets, lengths, idx, width, pad_id=0):
   return out, mask
 
 
+def encode_example(ex: dict, vocab, max_input_length: int, max_target_length: int,
+                   truncate: bool = False, where: str = "example") -> tuple[list, list]:
+  """(input ids, target ids) of {"inputs": str, "targets": str}, each ending with EOS.
+
+  Raises a ValueError naming ``where`` when a sequence is too long (unless ``truncate``: then it
+  is cut and still ends with EOS), as :func:`arrays.encode_examples` does.
+  """
+  out = []
+  for key, length in (("inputs", max_input_length), ("targets", max_target_length)):
+    if key not in ex:
+      raise KeyError(f"{where} has no {key!r} field (fields: {sorted(ex)})")
+    ids = list(vocab.encode(ex[key])) + [vocab.eos_id]
+    if len(ids) > length:
+      if not truncate:
+        raise ValueError(f"{where}: {key} is {len(ids)} tokens (with EOS), longer than "
+                         f"max_{key[:-1]}_length={length}; raise the limit or set truncate=True")
+      ids = ids[:length - 1] + [vocab.eos_id]
+    out.append(ids)
+  return out[0], out[1]
+
+
 def tokenize_examples(examples: Sequence[dict], vocab, max_input_length: int,
                       max_target_length: int, truncate: bool = False,
-                      name: str = "") -> TokenizedExamples:
-  """Tokenizes {"inputs": str, "targets": str, extras...} once and appends EOS.
+                      name: str = "", where: Sequence[str] | None = None) -> TokenizedExamples:
+  """Tokenizes {"inputs": str, "targets": str, extras...} once (:func:`encode_example`);
+  ``where``: each example's place for error messages (default "example i")."""
+  pairs = [encode_example(ex, vocab, max_input_length, max_target_length, truncate,
+                          where[i] if where else f"example {i}")
+           for i, ex in enumerate(examples)]
+  return TokenizedExamples([p[0] for p in pairs], [p[1] for p in pairs], examples, name,
+                           getattr(vocab, "pad_id", 0))
 
-  Raises a ValueError naming the example when a sequence is too long (unless ``truncate``:
-  then it is cut and still ends with EOS), as :func:`arrays.encode_examples` does.
-  """
-  ins, tgts = [], []
-  for i, ex in enumerate(examples):
-    for key, length, out in (("inputs", max_input_length, ins),
-                             ("targets", max_target_length, tgts)):
-      if key not in ex:
-        raise KeyError(f"example {i} has no {key!r} field (fields: {sorted(ex)})")
-      ids = list(vocab.encode(ex[key])) + [vocab.eos_id]
-      if len(ids) > length:
-        if not truncate:
-          raise ValueError(f"example {i}: {key} is {len(ids)} tokens (with EOS), longer than "
-                           f"max_{key[:-1]}_length={length}; raise the limit or set truncate=True")
-        ids = ids[:length - 1] + [vocab.eos_id]
-      out.append(ids)
-  return TokenizedExamples(ins, tgts, examples, name, getattr(vocab, "pad_id", 0))
+
+def warn(msg: str, process_index: int = 0):
+  if process_index == 0:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def check_targets(name: str, targets, process_index: int = 0):
+  """Degenerate data before any training: every target empty is refused (the model would learn
+  to stop at once and score 100% exact match); a single target everywhere is warned about
+  (accuracy then only measures that class's share; legitimate for some probes)."""
+  distinct = set(targets)
+  if not any(t.strip() for t in distinct):
+    raise ValueError(f"{name}: all {len(targets)} targets are empty; nothing to learn or score")
+  if len(distinct) == 1 and len(targets) > 1:
+    warn(f"{name}: all {len(targets)} targets are {next(iter(distinct))!r} (one class "
+         f"everywhere): accuracy only measures that class's share", process_index)
 
 
 # ------------------------------------------------------------------------------ mixtures
@@ -521,12 +548,16 @@ class EvalBatches:
   batches. Iterating yields ``(batch, raw)`` where ``raw`` lists the untokenized example dicts
   of this host's valid rows, in row order (what the task metrics need). ``task_ids`` (one int
   per example) adds a ``task_ids`` [B] feature (0 on padding rows).
+
+  ``labels`` and ``scorer`` (``scorer(examples, predictions) -> metrics``): the label set and
+  metrics of data that carries its own (the user's files); None: looked up by task name.
   """
 
   def __init__(self, examples: TokenizedExamples, global_batch_size: int, *,
                feature_lengths: dict, num_processes: int = 1, process_index: int = 0,
-               pad_to_multiple: int = 1, task_ids: Sequence[int] | None = None):
-    self.examples = examples
+               pad_to_multiple: int = 1, task_ids: Sequence[int] | None = None,
+               labels: Sequence[str] | None = None, scorer=None):
+    self.examples, self.labels, self.scorer = examples, labels, scorer
     self.task_ids = None if task_ids is None else np.asarray(task_ids, np.int32)
     if self.task_ids is not None and self.task_ids.shape != (len(examples),):
       raise ValueError(f"{len(self.task_ids)} task ids for {len(examples)} examples")

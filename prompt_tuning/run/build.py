@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from prompt_tuning import interop
 from prompt_tuning import methods as methods_lib
 from prompt_tuning import models, optim, sharding
-from prompt_tuning.data import inputs, synthetic
+from prompt_tuning.data import files, inputs, synthetic
 from prompt_tuning.data.pipeline import DECODER_ONLY, ENCODER_DECODER
 from prompt_tuning.run.validate import validate
 from prompt_tuning.trainer import Trainer
@@ -148,6 +148,11 @@ def resolve_tasks(config):
   ``qqp_to_mrpc`` (train on QQP, evaluate zero-shot on MRPC) or a synthetic one
   (``reviews_to_comments``, no TensorFlow needed)."""
   d = config.data
+  if files.is_own(d):   # the user's files replace data.task (OwnData names the dev set)
+    if d.domain_shift:
+      raise ValueError(f"data.domain_shift ({d.domain_shift!r}) names registered tasks; with "
+                       f"own data (data.train_file / data.hf_dataset) use data.eval_tasks")
+    return "", tuple(d.eval_tasks)
   if d.domain_shift:
     pairs = synthetic.DOMAIN_SHIFT_PAIRS
     if d.domain_shift not in pairs:
@@ -175,9 +180,12 @@ def build(config, with_data: bool = True) -> Experiment:
   training iterator and eval batches."""
   start(config)
   train_task, eval_tasks = resolve_tasks(config)
+  own = None
   if with_data:
-    for t in (train_task,) + eval_tasks:
+    for t in ((train_task,) if train_task else ()) + eval_tasks:
       check_task(t, config.data.download)
+    if not train_task:   # own data: read and checked before the model is loaded
+      own = files.OwnData(config.data, jax.process_index())
   mcfg = method_config(config)
   ocfg = optimizer_config(config, mcfg)
   model, vocab = build_model(config)
@@ -210,16 +218,30 @@ def build(config, with_data: bool = True) -> Experiment:
   P, p = jax.process_count(), jax.process_index()
   lengths = {"inputs": d.max_input_length, "targets": d.max_target_length}
   task_names = getattr(mcfg, "tasks", ()) or None   # per-task prompts: batches carry task_ids
-  exp.train_it = inputs.train_iterator(
-      train_task, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.batch_size,
-      seed=config.seed, num_examples=d.num_train, few_shot=d.few_shot,
-      instructions=d.instructions, truncate=d.truncate, pack=d.pack, model_type=exp.model_type,
-      num_processes=P, process_index=p,
-      shuffle_buffer_size=d.shuffle_buffer_size or None, task_names=task_names)
-  exp.eval_sets = {t: inputs.eval_batches(
+  if own is not None:
+    if task_names:
+      raise ValueError("per-task prompts (method.prompt.tasks) need registered tasks; own data "
+                       "(data.train_file / data.hf_dataset) is one task")
+    exp.train_it = own.train_iterator(
+        vocab, feature_lengths=lengths, global_batch_size=tc.batch_size, seed=config.seed,
+        truncate=d.truncate, pack=d.pack, model_type=exp.model_type, num_processes=P,
+        process_index=p, shuffle_buffer_size=d.shuffle_buffer_size)
+    exp.eval_sets[own.name] = own.eval_batches(
+        vocab, feature_lengths=lengths, global_batch_size=tc.eval_batch_size,
+        truncate=d.truncate, num_processes=P, process_index=p, pad_to_multiple=data_devices)
+    eval_names = eval_tasks
+  else:
+    exp.train_it = inputs.train_iterator(
+        train_task, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.batch_size,
+        seed=config.seed, num_examples=d.num_train, few_shot=d.few_shot,
+        instructions=d.instructions, truncate=d.truncate, pack=d.pack,
+        model_type=exp.model_type, num_processes=P, process_index=p,
+        shuffle_buffer_size=d.shuffle_buffer_size or None, task_names=task_names)
+    eval_names = (train_task,) + eval_tasks
+  exp.eval_sets.update({t: inputs.eval_batches(
       t, vocab=vocab, feature_lengths=lengths, global_batch_size=tc.eval_batch_size,
       num_examples=d.num_eval, seed=config.seed, instructions=d.instructions,
       truncate=d.truncate, num_processes=P, process_index=p, pad_to_multiple=data_devices,
       task_names=task_names)
-      for t in (train_task,) + eval_tasks}
+      for t in eval_names})
   return exp

@@ -11,7 +11,7 @@ import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import metrics, sharding
-from prompt_tuning.data import synthetic
+from prompt_tuning.data import files, synthetic
 from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
 from prompt_tuning.run.validate import check_drift
 
@@ -24,6 +24,13 @@ def label_set(name: str) -> tuple[str, ...]:
     return ()
   spec = import_tasks().SPECS.get(name)
   return tuple(spec.labels) if spec is not None else ()
+
+
+def run_labels(config) -> tuple[str, ...]:
+  """The class labels of a run's training task (own data: its label set)."""
+  if files.is_own(config.data):
+    return files.OwnData(config.data).labels
+  return label_set(config.data.task)
 
 
 def score(name: str, examples: list[dict], predictions: list[str]) -> dict:
@@ -76,7 +83,9 @@ def rank_by_index(exp, params, batch: dict, labels) -> dict[int, tuple[str, list
 
 def evaluate_set(exp, name: str, ev, params) -> dict:
   trainer = exp.trainer
-  labels = label_set(name)
+  # Own data carries its label set and metrics; registered tasks are looked up by name.
+  labels = ev.labels if getattr(ev, "labels", None) is not None else label_set(name)
+  scorer = getattr(ev, "scorer", None) or (lambda ex, pred: score(name, ex, pred))
   sums = None
   by_index: dict[int, tuple] = {}
   ranked: dict[int, str] = {}
@@ -101,10 +110,10 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
        "sequence_accuracy": 100.0 * float(sums["seq_correct"]) / int(sums["count"]),
        "num_examples": len(order)}
   examples = [by_index[i][0] for i in order]
-  m.update(score(name, examples, [by_index[i][1] for i in order]))
+  m.update(scorer(examples, [by_index[i][1] for i in order]))
   if labels:  # next to the decoded metrics: the same metrics of the rank-classified labels
     m.update({f"rank_{k}": v for k, v in
-              score(name, examples, [ranked[i] for i in order]).items()})
+              scorer(examples, [ranked[i] for i in order]).items()})
   return m
 
 

@@ -14,7 +14,7 @@ from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
-from prompt_tuning.run.evaluate import decode_by_index, label_set, rank_by_index
+from prompt_tuning.run.evaluate import decode_by_index, rank_by_index, run_labels
 from prompt_tuning.run.validate import check_drift
 
 
@@ -45,7 +45,7 @@ def infer(config, texts, step: int | None = None, allow_changed=(),
   ckpt.close()
   out = {"outputs": decode_texts(exp, state.params, texts)}
   if rank:
-    labels = label_set(config.data.task)
+    labels = run_labels(config)
     if not labels:
       raise ValueError(f"task {config.data.task!r} has no class labels to rank")
     batch = host_batch(exp, texts)
