@@ -570,7 +570,8 @@ def register_all(mlsum_dir: str | None = None):
     config = "wsc.fixed" if short == "wsc" else short
     ref = "super_glue_wsc_v102_simple_train / _eval" if short == "wsc" else \
         f"super_glue_{short}_v102"
-    keep = (lambda x: x["label"] == 1) if short == "wsc" else None
+    # T5 keeps the rows whose label casts to True (unlabeled -1 rows too; TFDS train has none).
+    keep = (lambda x: x["label"] != 0) if short == "wsc" else None
     for prefix in ("", "taskless_"):
       fmt = taskless(kw["formatter"]) if prefix else kw["formatter"]
       _add(TaskSpec(f"{prefix}super_glue_{short}", **dict(kw, formatter=fmt),
