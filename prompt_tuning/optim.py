@@ -7,6 +7,15 @@ import dataclasses
 import optax
 
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
+
+# Lester et al. (2021) as they ran it (prompt-tuning configs/models/t5_1_1_prompt.gin,
+# configs/runs/prompt_finetune.gin; T5X adafactor.py): the ``optimizer`` section of the paper
+# configs. T5X's step continues from the LM-adapted T5 1.1 checkpoints' 1_100_000, so the
+# second-moment decay starts near 1. Their runs also use z-loss LESTER_Z_LOSS (train.z_loss).
+LESTER = dict(name="adafactor", learning_rate=0.3, schedule="constant", decay_rate=0.8,
+              clipping_threshold=1.0, multiply_by_parameter_scale=False, weight_decay=1e-5,
+              step_offset=1_100_000)
+LESTER_Z_LOSS = 1e-4
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
 
 

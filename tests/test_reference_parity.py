@@ -128,3 +128,21 @@ def test_adafactor_equals_t5x_over_50_steps(run):
     zero = fx["runs"]["from_0"]["params"]["prompt"]
     other = np.frombuffer(base64.b64decode(zero), "<f4").reshape(shapes["prompt"])
     assert np.abs(np.asarray(params["prompt"]) - other).max() > 1e-2
+
+
+def test_paper_configs_use_lesters_settings():
+  import importlib.util
+  from prompt_tuning import optim
+  root = os.path.join(os.path.dirname(__file__), "..", "configs")
+  for name in ("superglue_prompt", "qqp_to_mrpc", "repro_lester"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("real") if name == "repro_lester" else mod.get_config()
+    o = c.optimizer
+    assert (o.decay_rate, o.clipping_threshold, o.multiply_by_parameter_scale, o.weight_decay,
+            o.step_offset, o.schedule) == (0.8, 1.0, False, 1e-5, 1_100_000, "constant"), name
+    assert c.train.z_loss == 1e-4, name
+    if name != "repro_lester":  # the sweep keeps each method's optimizer (prompt: Adafactor 0.3)
+      assert (o.name, o.learning_rate) == ("adafactor", 0.3), name
+  assert mod.SUPERGLUE[0] == "taskless_super_glue_boolq"
