@@ -155,7 +155,7 @@ def fmt_multirc(x):
   out = fmt_glue("multirc", ("question", "answer", "paragraph"), BOOLQ_LABELS)(x)
   text = tf.strings.regex_replace(out["inputs"], "<br>", " ")
   out["inputs"] = tf.strings.regex_replace(text, "<(/)?b>", "")
-  out["group"] = x["idx"]["question"]
+  out["group"] = tf.strings.as_string(x["idx"]["question"])  # extras travel as strings
   return out
 
 
@@ -204,7 +204,8 @@ def fmt_wsc(x):
   for text, fixed in _WSC_FIXES.items():
     blanked = tf.where(tf.equal(x["text"], text), tf.constant(fixed), blanked)
   marked = tf.strings.regex_replace(blanked, " X ", _join(" *", x["span2_text"], "* "))
-  return {"inputs": _join("wsc: ", marked), "targets": x["span1_text"], "label": x["label"]}
+  return {"inputs": _join("wsc: ", marked), "targets": x["span1_text"],
+          "label": tf.strings.as_string(x["label"])}
 
 
 def taskless(formatter):
