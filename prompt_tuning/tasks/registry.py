@@ -590,8 +590,10 @@ def register_all(mlsum_dir: str | None = None):
     fmt, labels = glue[tgt]
     for prefix in ("", "taskless_"):
       name = f"{prefix}glue_{tgt}_from_{src}"
-      _add(TaskSpec(name, taskless(fmt) if prefix else fmt, M.f1_and_accuracy(labels), labels,
-                    splits={"validation": "validation"},
+      # Rank classification chooses among the words the model was trained to produce (the
+      # source's); the postprocessor maps the choice into the target's.
+      _add(TaskSpec(name, taskless(fmt) if prefix else fmt, M.f1_and_accuracy(labels),
+                    glue[src][1], splits={"validation": "validation"},
                     postprocess=_transfer_postprocess(glue[src][1], labels),
                     reference=f"{name}_v002"), _tfds("glue", tgt, splits=["validation"]))
 
