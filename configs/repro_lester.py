@@ -69,9 +69,10 @@ def get_config(variant: str = "small"):
         "True", "False", "entailment", "not_entailment", "contradiction", "neutral", "choice1",
         "choice2", "duplicate", "not_duplicate", "equivalent", "not_equivalent"))
     # Lester et al.'s Adafactor settings and z-loss; the optimizer and learning rate stay each
-    # method's default (prompt tuning: Adafactor at 0.3; model tuning's AdamW reads weight_decay).
+    # method's default (prompt tuning: Adafactor at 0.3). Weight decay is the prompt runs' alone
+    # (get_sweep): their model tuning used T5X's fine-tuning Adafactor, without it.
     c.optimizer.update(**{k: v for k, v in optim.LESTER.items()
-                          if k not in ("name", "learning_rate")})
+                          if k not in ("name", "learning_rate", "weight_decay")})
     c.train.z_loss = optim.LESTER_Z_LOSS
     c.data.update(num_train=0, num_eval=0, max_input_length=512, max_target_length=16,
                   truncate=True)
@@ -92,8 +93,11 @@ def get_sweep(variant: str = "small"):
     for value in values:
       for method, label in METHODS.items():
         for seed in SEEDS:
+          over = {key: value, "method.name": method, "seed": seed}
+          if variant == "real":
+            over["optimizer.weight_decay"] = optim.LESTER["weight_decay"] if method == "prompt" \
+                else 0.0
           runs.append(dict(
               name=f"{value}_{method}_seed{seed}", group=f"{value}_{method}",
-              tags=dict(tags, part=part, task=value, method=label, seed=seed),
-              **{key: value, "method.name": method, "seed": seed}))
+              tags=dict(tags, part=part, task=value, method=label, seed=seed), **over))
   return runs

@@ -140,7 +140,12 @@ def test_paper_configs_use_lesters_settings():
     spec.loader.exec_module(mod)
     c = mod.get_config("real") if name == "repro_lester" else mod.get_config()
     o = c.optimizer
-    assert (o.decay_rate, o.clipping_threshold, o.multiply_by_parameter_scale, o.weight_decay,
+    wd = o.weight_decay
+    if name == "repro_lester":  # weight decay: the prompt runs' (model tuning had none)
+      runs = mod.get_sweep("real")
+      wd, = {r["optimizer.weight_decay"] for r in runs if r["method.name"] == "prompt"}
+      assert {r["optimizer.weight_decay"] for r in runs if r["method.name"] == "full"} == {0.0}
+    assert (o.decay_rate, o.clipping_threshold, o.multiply_by_parameter_scale, wd,
             o.step_offset, o.schedule) == (0.8, 1.0, False, 1e-5, 1_100_000, "constant"), name
     assert c.train.z_loss == 1e-4, name
     if name != "repro_lester":  # the sweep keeps each method's optimizer (prompt: Adafactor 0.3)
