@@ -225,9 +225,10 @@ with open("peft_export_results.json", "w") as f:
 
 DOMAIN_SHIFT = nb([
     ("md", "# Domain shift: QQP -> MRPC\n\nLester et al. (2021) train a prompt on one paraphrase "
-           "dataset and evaluate it zero-shot on the other. Both GLUE tasks are registered in one "
-           "shared text format (`paraphrase sentence1: ... sentence2: ...` -> `equivalent` / "
-           "`not_equivalent`), so the prompt transfers as is. With real data, point "
+           "dataset and evaluate it zero-shot on the other, as prompt-tuning's glue_transfer: "
+           "QQP in its own T5 format (`qqp question1: ... question2: ...` -> `duplicate` / "
+           "`not_duplicate`), MRPC's dev set in MRPC's (`mrpc sentence1: ...`), the predicted "
+           "`duplicate` mapped to `equivalent` before scoring. With real data, point "
            "`model.hf_checkpoint` at a T5 checkpoint; here the default's pretrained tiny T5 keeps "
            "it quick. In tests (`PT_NOTEBOOK_SMALL=1`) TFDS is mocked, so no download happens."),
     ("code", setup("[tasks]")),
@@ -254,7 +255,7 @@ with data:
   print(f"{task:24s} accuracy {m['accuracy']:6.2f}  F1 {m['f1']:6.2f}  "
         f"perplexity {m['perplexity']:.3f}")
 print("best checkpoint (dev perplexity on QQP):", result["best"])
-assert set(result["eval"]) == {"glue_qqp_paraphrase", "glue_mrpc_paraphrase"}'''),
+assert set(result["eval"]) == {"glue_qqp", "glue_mrpc_from_qqp"}'''),
 ])
 
 COMPARISON = nb([

@@ -3,8 +3,8 @@
 both variants; held-out classification is scored by accuracy, summarisation by ROUGE-L."""
 from prompt_tuning.default_config import get_config as base
 
-TRAIN = "super_glue_boolq+super_glue_cb+super_glue_copa+super_glue_multirc+glue_qqp_paraphrase"
-HELD_OUT = ("super_glue_rte", "super_glue_wic", "glue_mrpc_paraphrase", "cnn_dailymail_en")
+TRAIN = "super_glue_boolq+super_glue_cb+super_glue_copa+super_glue_multirc+glue_qqp"
+HELD_OUT = ("super_glue_rte", "super_glue_wic", "glue_mrpc", "cnn_dailymail_en")
 
 
 def get_config():

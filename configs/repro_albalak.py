@@ -51,7 +51,7 @@ VARIANTS = {
     "real": dict(
         target="super_glue_rte",
         auxiliary="super_glue_boolq+super_glue_cb+super_glue_copa+super_glue_multirc"
-                  "+glue_qqp_paraphrase", auxiliary_examples=0, source_steps=20000,
+                  "+glue_qqp", auxiliary_examples=0, source_steps=20000,
         setup="Albalak et al. 2022 with BART base / large, prompt tuning, RTE few-shot"),
 }
 

@@ -35,12 +35,14 @@ The real tasks (``:real``, needs prepared TFDS super_glue / glue and a T5 checkp
 The analysis writes repro_lester.md (both tables), repro_lester_suite.csv,
 repro_lester_transfer.csv and repro_lester.png into output_dir.
 """
+from prompt_tuning import optim
 from prompt_tuning.default_config import get_config as base
 
 SEEDS = (0, 1, 2)
 METHODS = {"prompt": "prompt tuning", "full": "model tuning"}
-SUPERGLUE = ("super_glue_boolq", "super_glue_cb", "super_glue_copa", "super_glue_multirc",
-             "super_glue_record", "super_glue_rte", "super_glue_wic", "super_glue_wsc")
+# prompt-tuning's taskless tasks (T5's formats without the task word), as Lester et al. ran them.
+SUPERGLUE = tuple(f"taskless_super_glue_{t}" for t in ("boolq", "cb", "copa", "multirc", "record",
+                                                        "rte", "wic", "wsc"))
 VARIANTS = {
     "small": dict(
         suite=("synthetic_sentiment", "synthetic_sentiment_comments", "synthetic_copy"),
@@ -49,7 +51,7 @@ VARIANTS = {
               "SuperGLUE (sentiment, sentiment in a second domain, copy) and for QQP <-> MRPC "
               "(reviews <-> comments)"),
     "real": dict(
-        suite=SUPERGLUE, pairs=("qqp_to_mrpc", "mrpc_to_qqp"),
+        suite=SUPERGLUE, pairs=("taskless_qqp_to_mrpc", "taskless_mrpc_to_qqp"),
         setup="Lester et al. 2021 on SuperGLUE and QQP <-> MRPC"),
 }
 
@@ -65,7 +67,13 @@ def get_config(variant: str = "small"):
                    frozen_dtype="bfloat16")
     c.method.prompt.update(length=100, class_labels=(
         "True", "False", "entailment", "not_entailment", "contradiction", "neutral", "choice1",
-        "choice2", "equivalent", "not_equivalent"))
+        "choice2", "duplicate", "not_duplicate", "equivalent", "not_equivalent"))
+    # Lester et al.'s Adafactor settings and z-loss; the optimizer and learning rate stay each
+    # method's default (prompt tuning: Adafactor at 0.3). Weight decay is the prompt runs' alone
+    # (get_sweep): their model tuning used T5X's fine-tuning Adafactor, without it.
+    c.optimizer.update(**{k: v for k, v in optim.LESTER.items()
+                          if k not in ("name", "learning_rate", "weight_decay")})
+    c.train.z_loss = optim.LESTER_Z_LOSS
     c.data.update(num_train=0, num_eval=0, max_input_length=512, max_target_length=16,
                   truncate=True)
     c.train.update(batch_size=32, num_steps=30000, eval_every=1000, checkpoint_every=1000,
@@ -85,8 +93,11 @@ def get_sweep(variant: str = "small"):
     for value in values:
       for method, label in METHODS.items():
         for seed in SEEDS:
+          over = {key: value, "method.name": method, "seed": seed}
+          if variant == "real":
+            over["optimizer.weight_decay"] = optim.LESTER["weight_decay"] if method == "prompt" \
+                else 0.0
           runs.append(dict(
               name=f"{value}_{method}_seed{seed}", group=f"{value}_{method}",
-              tags=dict(tags, part=part, task=value, method=label, seed=seed),
-              **{key: value, "method.name": method, "seed": seed}))
+              tags=dict(tags, part=part, task=value, method=label, seed=seed), **over))
   return runs

@@ -44,6 +44,9 @@ def get_config():
       learning_rate=0.0,        # 0 = the method's default (0.3 for prompts)
       schedule="constant", warmup_steps=0, decay_rate=0.8, clipping_threshold=1.0,
       multiply_by_parameter_scale=False, weight_decay=0.0, grad_clip_norm=0.0,
+      # Adafactor's step counter starts here (T5X: the pretrained checkpoint's global step,
+      # 1_100_000 for the LM-adapted T5 1.1 checkpoints; the paper configs set it).
+      step_offset=0,
   ))
   c.data = ml_collections.ConfigDict(dict(
       task="synthetic_sentiment",  # synthetic task or a registered seqio task name

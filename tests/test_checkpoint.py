@@ -51,10 +51,14 @@ def test_round_trip_is_exact_and_trainable_only(tmp_path, name):
     assert size < frozen_bytes / 4, (size, frozen_bytes)
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("method,opt", [
+    ("lora", optim.OptimizerConfig(name="adamw", learning_rate=1e-3)),
+    # Lester et al.'s Adafactor: the step offset is part of the transform, so a resumed run
+    # continues from the same second-moment decay (bit-exact with the uninterrupted run).
+    ("prompt", optim.OptimizerConfig(**optim.LESTER))])
+def test_resume_continues_exactly(tmp_path, method, opt):
   ds = sentiment_data(64)
-  cfg = methods.make("lora")
-  opt = optim.OptimizerConfig(name="adamw", learning_rate=1e-3)
+  cfg = methods.make(method)
   tr = make_trainer(cfg, opt)
   st = tr.init_state()
   for i in range(6):

@@ -378,7 +378,9 @@ def test_seqio_mixture_rates(sq, tmp_path):
   import seqio
   sg = seqio.get_mixture_or_task("super_glue")
   assert {t.name: sg.get_rate(t) for t in sg.tasks}["super_glue_cb"] == 250.0
-  assert {t.name: sg.get_rate(t) for t in sg.tasks}["super_glue_record"] == 100730.0
+  # ReCoRD and WSC: T5's weights (rows per answer; WSC's positive training rows).
+  assert {t.name: sg.get_rate(t) for t in sg.tasks}["super_glue_record"] == 138854.0
+  assert {t.name: sg.get_rate(t) for t in sg.tasks}["super_glue_wsc"] == 259.0
   # MLSum: sizes counted from the local files (it used to be 1.0 against CNN/DM's 287k).
   tasks.register_mlsum(_mlsum_dir(tmp_path, {("de", "train"): 30, ("fr", "train"): 10,
                                              ("de", "val"): 3, ("fr", "val"): 2}))

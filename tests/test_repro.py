@@ -56,7 +56,7 @@ def test_lester_sweep_is_the_papers_design():
   for variant, suite, pairs in (
       ("small", ("synthetic_sentiment", "synthetic_sentiment_comments", "synthetic_copy"),
        ("reviews_to_comments", "comments_to_reviews")),
-      ("real", mod.SUPERGLUE, ("qqp_to_mrpc", "mrpc_to_qqp"))):
+      ("real", mod.SUPERGLUE, ("taskless_qqp_to_mrpc", "taskless_mrpc_to_qqp"))):
     runs = mod.get_sweep(variant)
     check_overrides(mod.get_config(variant), runs)
     design = {(r["tags"]["part"], r["tags"]["task"], r["method.name"], r["seed"]) for r in runs}

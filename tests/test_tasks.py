@@ -18,12 +18,14 @@ def run(fmt, **features):
   ex = {k: tf.constant(v) if not isinstance(v, dict) else {kk: tf.constant(vv) for kk, vv in v.items()}
         for k, v in features.items()}
   out = fmt(ex)
-  return {k: v.numpy().decode() for k, v in out.items()}
+  return {k: v.numpy().decode() if v.dtype == tf.string else str(v.numpy())
+          for k, v in out.items()}
 
 
 def test_superglue_text_formats():
+  # T5's texts (string for string against the reference code: test_reference_parity.py).
   assert run(R.fmt_rte, premise="A dog runs.", hypothesis="An animal moves.", label=0) == {
-      "inputs": "rte sentence1: A dog runs. sentence2: An animal moves.", "targets": "entailment"}
+      "inputs": "rte hypothesis: An animal moves. premise: A dog runs.", "targets": "entailment"}
   assert run(R.fmt_boolq, passage="Water is wet.", question="is water wet", label=1) == {
       "inputs": "boolq passage: Water is wet. question: is water wet", "targets": "True"}
   assert run(R.fmt_cb, premise="P.", hypothesis="H.", label=2) == {
@@ -31,54 +33,73 @@ def test_superglue_text_formats():
   assert run(R.fmt_copa, premise="It rained.", choice1="Wet.", choice2="Dry.", question="effect",
              label=0) == {"inputs": "copa choice1: Wet. choice2: Dry. premise: It rained. "
                                     "question: effect", "targets": "choice1"}
-  assert run(R.fmt_multirc, paragraph="Para.", question="Q?", answer="A.", label=1,
-             idx={"paragraph": 3, "question": 7, "answer": 1}) == {
-      "inputs": "multirc question: Q? answer: A. paragraph: Para.", "targets": "True",
-      "group": "3-7"}
-  assert run(R.fmt_record, passage="Obama met Merkel.", query="@placeholder met Merkel",
-             entities=["Obama", "Merkel"], answers=["Obama", "Barack Obama"]) == {
-      "inputs": "record query: @placeholder met Merkel entities: Obama, Merkel passage: Obama "
-                "met Merkel.", "targets": "Obama", "answers": "Obama\tBarack Obama"}
+  out = run(R.fmt_multirc, paragraph="<b>Sent 1: </b>Para.<br>", question="Q?", answer="A.",
+            label=1, idx={"paragraph": 3, "question": 7, "answer": 1})
+  assert out == {"inputs": "multirc question: Q? answer: A. paragraph: Sent 1: Para. ",
+                 "targets": "True", "group": "7"}
   assert run(R.fmt_wic, word="bank", sentence1="S1.", sentence2="S2.", label=0) == {
       "inputs": "wic sentence1: S1. sentence2: S2. word: bank", "targets": "False"}
-  assert run(R.fmt_wsc, text="Tom hit Bob because he was angry.", span1_text="Tom",
-             span2_text="he", label=1) == {
-      "inputs": "wsc text: Tom hit Bob because he was angry. span1: Tom span2: he",
-      "targets": "True"}
-  # Unlabeled test examples get an empty target instead of failing.
-  assert run(R.fmt_rte, premise="a", hypothesis="b", label=-1)["targets"] == ""
+  assert run(R.fmt_wsc, text="Tom hit Bob because he was angry .", span1_text="Tom",
+             span2_text="he", span2_index=4, label=1) == {
+      "inputs": "wsc: Tom hit Bob because *he* was angry .", "targets": "Tom", "label": "1"}
+  assert run(R.taskless(R.fmt_rte), premise="a", hypothesis="b", label=1) == {
+      "inputs": "hypothesis: b premise: a", "targets": "not_entailment"}
+  # Unlabeled test examples get T5's "<unk>" target.
+  assert run(R.fmt_rte, premise="a", hypothesis="b", label=-1)["targets"] == "<unk>"
+
+
+def test_record_one_row_per_answer():
+  x = {"passage": tf.constant("Obama met Merkel.\n@highlight\nThey talked"),
+       "query": tf.constant("@placeholder met Merkel"),
+       "entities": tf.constant(["Obama", "Merkel"]), "answers": tf.constant(["Obama", "B. Obama"]),
+       "idx": {"passage": tf.constant(2), "query": tf.constant(5)}}
+  out = R.fmt_record(x)
+  inputs = "record query: @placeholder met Merkel entities: Obama, Merkel passage: Obama met " \
+           "Merkel. They talked"
+  assert [v.decode() for v in out["inputs"].numpy()] == [inputs, inputs]
+  assert [v.decode() for v in out["targets"].numpy()] == ["Obama", "B. Obama"]
+  assert {v.decode() for v in out["group"].numpy()} == {"2-5"}
+  assert {v.decode() for v in out["answers"].numpy()} == {"Obama\tB. Obama"}
 
 
 def test_paraphrase_translation_summary_formats():
-  qqp = run(R.fmt_paraphrase("question1", "question2"), question1="How?", question2="Why?", label=1)
-  mrpc = run(R.fmt_paraphrase("sentence1", "sentence2"), sentence1="How?", sentence2="Why?", label=1)
-  assert qqp == mrpc == {"inputs": "paraphrase sentence1: How? sentence2: Why?",
-                         "targets": "equivalent"}
+  qqp = run(R.fmt_qqp, question1="How?", question2="Why?", label=1)
+  mrpc = run(R.fmt_mrpc, sentence1="How?", sentence2="Why?", label=0)
+  assert qqp == {"inputs": "qqp question1: How? question2: Why?", "targets": "duplicate"}
+  assert mrpc == {"inputs": "mrpc sentence1: How? sentence2: Why?", "targets": "not_equivalent"}
   assert run(R.fmt_translate("en", "de"), en="Hello.", de="Hallo.") == {
       "inputs": "translate English to German: Hello.", "targets": "Hallo."}
   assert run(R.fmt_translate("en", "zh"), en="Hello.", zh="你好。") == {
       "inputs": "translate English to Chinese: Hello.", "targets": "你好。"}
-  assert run(R.fmt_summarize("en", "article", "highlights"), article="Doc.", highlights="Sum.") == {
-      "inputs": "Summarize the following document in English: Doc.", "targets": "Sum."}
+  assert run(R.fmt_summarize("summarize: ", "article", "highlights"), article="Doc.",
+             highlights="Sum.") == {"inputs": "summarize: Doc.", "targets": "Sum."}
 
 
 def test_registry_and_mixtures():
   for name in ["super_glue_boolq", "super_glue_cb", "super_glue_copa", "super_glue_multirc",
                "super_glue_record", "super_glue_rte", "super_glue_wic", "super_glue_wsc",
-               "glue_qqp_paraphrase", "glue_mrpc_paraphrase", "wmt14_ende", "wmt19_enzh",
+               "glue_qqp", "glue_mrpc", "wmt14_ende", "wmt19_enzh",
                "mlsum_de", "mlsum_es", "mlsum_fr", "cnn_dailymail_en"]:
     assert seqio.get_mixture_or_task(name) is not None
+    if name.startswith(("super_glue_", "glue_")):
+      assert seqio.get_mixture_or_task("taskless_" + name) is not None
   assert len(seqio.get_mixture_or_task("super_glue").tasks) == 8
+  assert len(seqio.get_mixture_or_task("taskless_super_glue").tasks) == 8
   assert {t.name for t in seqio.get_mixture_or_task("mlsum").tasks} == {
       "mlsum_de", "mlsum_es", "mlsum_fr", "cnn_dailymail_en"}
-  assert tasks.DOMAIN_SHIFT_PAIRS["qqp_to_mrpc"] == ("glue_qqp_paraphrase", "glue_mrpc_paraphrase")
+  assert tasks.DOMAIN_SHIFT_PAIRS["qqp_to_mrpc"] == ("glue_qqp", "glue_mrpc_from_qqp")
+  # The transfer evaluation task maps QQP's label words into MRPC's before scoring.
+  ex = [{"targets": "equivalent"}, {"targets": "not_equivalent"}]
+  assert tasks.score("glue_mrpc_from_qqp", ex, ["duplicate", "not_duplicate"]) == {
+      "f1": 100.0, "accuracy": 100.0}
+  assert tasks.score("glue_mrpc", ex, ["duplicate", "not_duplicate"])["accuracy"] == 0.0
   with pytest.raises(ValueError, match="unknown task"):
     tasks.text_examples("super_glue_nope", "validation", 1)
 
 
 def test_mock_tfds_through_seqio_and_feature_converters():
   with tfds.testing.mock_data(num_examples=6):
-    for name in ["super_glue_rte", "glue_qqp_paraphrase", "wmt14_ende", "cnn_dailymail_en"]:
+    for name in ["super_glue_rte", "glue_qqp", "wmt14_ende", "cnn_dailymail_en"]:
       ex = tasks.text_examples(name, "validation", 3)
       assert len(ex) == 3 and all(e["inputs"] for e in ex)
     b = next(tasks.get_batches("super_glue_cb", "validation", {"inputs": 48, "targets": 6}, 4))
@@ -130,13 +151,13 @@ def test_domain_shift_training_run(tmp_path):
                  eval_batch_size=16, max_decode_length=6)
   with tfds.testing.mock_data(num_examples=32):
     res = loop.train(c)
-  assert set(res["eval"]) == {"glue_qqp_paraphrase", "glue_mrpc_paraphrase"}
+  assert set(res["eval"]) == {"glue_qqp", "glue_mrpc_from_qqp"}
   for m in res["eval"].values():
     assert {"accuracy", "f1", "loss", "perplexity"} <= set(m)
     assert 0.0 <= m["accuracy"] <= 100.0
   assert res["best"]["step"] == 4
   assert res["best"]["dev_perplexity"] == pytest.approx(
-      res["eval"]["glue_qqp_paraphrase"]["perplexity"], rel=1e-5)
+      res["eval"]["glue_qqp"]["perplexity"], rel=1e-5)
 
 
 def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
@@ -158,7 +179,7 @@ def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
     c.unlock()
     c.output_dir = str(tmp_path)
     c.method.prompt.length = 4
-    c.data.update(task="super_glue_rte+super_glue_cb", eval_tasks=("glue_mrpc_paraphrase",),
+    c.data.update(task="super_glue_rte+super_glue_cb", eval_tasks=("glue_mrpc",),
                   instructions=True, num_train=16, num_eval=8, max_input_length=96,
                   max_target_length=8, truncate=True)
     c.train.update(batch_size=8, num_steps=2, log_every=2, eval_every=2, checkpoint_every=2,
@@ -167,5 +188,5 @@ def test_multitask_mixture_with_instructions_and_held_out_eval(tmp_path):
     res = loop.train(c)
   mix = res["eval"]["super_glue_rte+super_glue_cb"]
   assert {"loss", "perplexity", "accuracy"} <= set(mix)       # exact match for the mixture
-  held = res["eval"]["glue_mrpc_paraphrase"]
+  held = res["eval"]["glue_mrpc"]
   assert {"accuracy", "f1"} <= set(held)                      # held-out task: its own metrics

@@ -108,11 +108,15 @@ def test_missing_tfds_data_fails_in_seconds(capsys, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   t = time.time()
   line = assert_one_error(capsys, "train", [f"--config.output_dir={tmp_path}/run"] + SMALL + [
-      "--config.data.task=glue_mrpc_paraphrase", "--config.data.num_train=16",
+      "--config.data.task=glue_mrpc", "--config.data.num_train=16",
       "--config.data.max_input_length=128", "--config.data.truncate=True"],
       "TFDS dataset 'glue/mrpc' is not prepared")
   assert "tfds build glue/mrpc" in line and "data.download=True" in line
   assert time.time() - t < 60
+  # A task variant that no longer exists: one line naming its replacement.
+  assert_one_error(capsys, "train", [f"--config.output_dir={tmp_path}/run2"] + SMALL + [
+      "--config.data.task=glue_mrpc_paraphrase"],
+      "task 'glue_mrpc_paraphrase' was removed; use glue_mrpc")
 
 
 def test_paper_config_refuses_random_init(capsys, tmp_path):

@@ -17,8 +17,9 @@ tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerator
 
 from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPECS,  # noqa: E402
                                           TRAIN_SIZES, TaskSpec, adhoc_mixture, add_task,
-                                          instruction_mixture, instruction_task, register_all,
-                                          register_mlsum, set_download, set_vocabulary,
+                                          format_dataset, instruction_mixture, instruction_task,
+                                          instruction_text, register_all, register_mlsum,
+                                          removed_message, set_download, set_vocabulary,
                                           summarize_prefix, vocabulary_path)
 
 register_all()
@@ -28,7 +29,8 @@ TASK_NAMES = tuple(sorted(SPECS))
 
 def _spec(name: str):
   if name not in SPECS:
-    raise ValueError(f"unknown task {name!r}; registered: {', '.join(TASK_NAMES)}")
+    raise ValueError(removed_message(name) or
+                     f"unknown task {name!r}; registered: {', '.join(TASK_NAMES)}")
   return SPECS[name]
 
 
@@ -58,7 +60,8 @@ def check_task_name(name: str):
     base = sub.split(":")[0]
     if base not in SPECS and base not in seqio.MixtureRegistry.names() and \
         base not in seqio.TaskRegistry.names():
-      raise ValueError(f"unknown task {base!r}; registered: {', '.join(TASK_NAMES)}")
+      raise ValueError(removed_message(base) or
+                       f"unknown task {base!r}; registered: {', '.join(TASK_NAMES)}")
 
 
 def mixture_tasks(name: str) -> list[tuple[str, float]]:
@@ -112,7 +115,7 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
     raise ValueError(f"task {name!r}: cannot read split {split!r}: {e}") from e
   if shuffle:
     ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=False)
-  ds = ds.map(spec.formatter)
+  ds = format_dataset(spec, ds)
   if n:
     ds = ds.take(n)
   out = []
@@ -123,12 +126,17 @@ def text_examples(name: str, split: str, n: int | None = None, seed: int = 0,
 
 def with_instruction(name: str, examples: list[dict]) -> list[dict]:
   """Prepends the task's natural-language instruction to every input."""
-  text = INSTRUCTIONS[_spec(name).name]
+  text = instruction_text(_spec(name).name)
   return [dict(ex, inputs=f"{text} {ex['inputs']}") for ex in examples]
 
 
 def score(name: str, examples: list[dict], predictions: list[str]) -> dict:
-  return _spec(name).metric(examples, predictions)
+  """The task's metrics on decoded predictions (after its postprocessing, e.g. the label-word
+  mapping of a transfer evaluation task)."""
+  spec = _spec(name)
+  if spec.postprocess:
+    predictions = [spec.postprocess(p) for p in predictions]
+  return spec.metric(examples, predictions)
 
 
 def get_batches(name: str, split: str, feature_lengths: dict, batch_size: int,

@@ -1,9 +1,12 @@
 """seqio Tasks and Mixtures backed by TFDS (and local MLSum files). Needs TensorFlow + seqio.
 
-Task names: super_glue_{boolq,cb,copa,multirc,record,rte,wic,wsc}, mixture ``super_glue``;
-glue_qqp_paraphrase, glue_mrpc_paraphrase (one shared format; domain-shift pairs
-``qqp_to_mrpc`` / ``mrpc_to_qqp``); wmt14_ende, wmt19_enzh; mlsum_{de,es,fr},
-cnn_dailymail_en, mixture ``mlsum``.
+Task names (README "Tasks" maps each to its reference task): super_glue_{boolq,cb,copa,multirc,
+record,rte,wic,wsc} (T5's super_glue_*_v102; WSC its simple formulation), mixture
+``super_glue``; prompt-tuning's ``taskless_*`` variant of each (mixture
+``taskless_super_glue``); glue_qqp, glue_mrpc (T5's glue_*_v002) and their taskless variants;
+the zero-shot transfer evaluation tasks glue_mrpc_from_qqp, glue_qqp_from_mrpc (prompt-tuning's
+glue_transfer; pairs in DOMAIN_SHIFT_PAIRS); wmt14_ende, wmt19_enzh; cnn_dailymail_en (T5's
+cnn_dailymail_v002); mlsum_{de,es,fr}, mixture ``mlsum``.
 
 MLSum is not in TFDS: its tasks read the official MLSum jsonl files (fields ``text``,
 ``summary``) from ``$MLSUM_DIR/{lang}_{split}.jsonl`` (split: train, val, test), or a directory
@@ -27,6 +30,8 @@ import tensorflow as tf
 
 from prompt_tuning import metrics as M
 
+# T5 / prompt-tuning read glue 1.0.0, whose download link is dead (TFDS 1.0.1: "Update dead URL
+# links"; 2.0.0: "Update data source for glue/qqp"): the installed TFDS builds 2.0.0.
 TFDS_VERSIONS = {"super_glue": "1.0.2", "glue": "2.0.0", "wmt14_translate": "1.0.0",
                  "wmt19_translate": "1.0.0", "cnn_dailymail": "3.4.0"}
 LANGUAGES = {"de": "German", "es": "Spanish", "fr": "French", "en": "English", "zh": "Chinese"}
@@ -40,23 +45,28 @@ class TaskSpec:
   labels: tuple = ()            # class label strings (classification tasks)
   splits: dict = dataclasses.field(default_factory=lambda: {"train": "train",
                                                             "validation": "validation"})
+  expand: bool = False          # formatter returns a batch of rows per example (ReCoRD)
+  postprocess: Callable = None  # prediction string -> string before the metric (transfer)
+  train_size: int = 0           # mixing size when not the source's row count (T5's weights)
+  reference: str = ""           # the reference task it equals (README table)
 
 
 SPECS: dict[str, TaskSpec] = {}
 
 # Natural-language instructions, prepended to the input when ``data.instructions`` is on
-# (multi-task runs with vs. without instruction text, Albalak et al. 2022).
+# (multi-task runs with vs. without instruction text, Albalak et al. 2022). ``taskless_*``
+# variants and transfer evaluation tasks use the instruction of the task they format like.
 INSTRUCTIONS = {
     "super_glue_boolq": "Answer the yes/no question about the passage with True or False.",
     "super_glue_cb": "Does the premise entail, contradict, or say nothing about the hypothesis?",
     "super_glue_copa": "Which choice is the more plausible cause or effect of the premise?",
     "super_glue_multirc": "Is the answer to the question about the paragraph correct?",
     "super_glue_record": "Fill in @placeholder in the query with an entity from the passage.",
-    "super_glue_rte": "Does the first sentence entail the second sentence?",
+    "super_glue_rte": "Does the premise entail the hypothesis?",
     "super_glue_wic": "Is the word used with the same meaning in both sentences?",
-    "super_glue_wsc": "Does the second span refer to the first span in the text?",
-    "glue_qqp_paraphrase": "Do the two sentences mean the same thing?",
-    "glue_mrpc_paraphrase": "Do the two sentences mean the same thing?",
+    "super_glue_wsc": "Which noun does the starred pronoun refer to?",
+    "glue_qqp": "Are the two questions duplicates of each other?",
+    "glue_mrpc": "Do the two sentences mean the same thing?",
     "wmt14_ende": "Translate the English text into German.",
     "wmt19_enzh": "Translate the English text into Chinese.",
     "cnn_dailymail_en": "Write a short summary of the news article.",
@@ -64,78 +74,147 @@ INSTRUCTIONS = {
     "mlsum_es": "Write a short summary of the news article in Spanish.",
     "mlsum_fr": "Write a short summary of the news article in French.",
 }
-DOMAIN_SHIFT_PAIRS = {"qqp_to_mrpc": ("glue_qqp_paraphrase", "glue_mrpc_paraphrase"),
-                      "mrpc_to_qqp": ("glue_mrpc_paraphrase", "glue_qqp_paraphrase")}
+# Zero-shot transfer as prompt-tuning's glue_transfer.py: train on the source task in its own
+# format, evaluate the target's validation set in the target's format, the predicted label words
+# mapped into the target's (duplicate <-> equivalent) before scoring.
+DOMAIN_SHIFT_PAIRS = {
+    "qqp_to_mrpc": ("glue_qqp", "glue_mrpc_from_qqp"),
+    "mrpc_to_qqp": ("glue_mrpc", "glue_qqp_from_mrpc"),
+    "taskless_qqp_to_mrpc": ("taskless_glue_qqp", "taskless_glue_mrpc_from_qqp"),
+    "taskless_mrpc_to_qqp": ("taskless_glue_mrpc", "taskless_glue_qqp_from_mrpc"),
+}
+# Task names that no longer exist -> what replaces them (one error line names it).
+REMOVED = {
+    "glue_qqp_paraphrase": "glue_qqp (T5's glue_qqp_v002 format; the shared 'paraphrase' format "
+                           "of the QQP/MRPC pair is gone: see data.domain_shift=qqp_to_mrpc)",
+    "glue_mrpc_paraphrase": "glue_mrpc (T5's glue_mrpc_v002 format; the shared 'paraphrase' "
+                            "format of the QQP/MRPC pair is gone: see "
+                            "data.domain_shift=mrpc_to_qqp)",
+}
+
+
+def removed_message(name: str) -> str | None:
+  if name in REMOVED:
+    return f"task {name!r} was removed; use {REMOVED[name]}"
+  return None
+
+
+def instruction_text(name: str) -> str:
+  if name in INSTRUCTIONS:
+    return INSTRUCTIONS[name]
+  base = name[len("taskless_"):] if name.startswith("taskless_") else name
+  return INSTRUCTIONS[base.split("_from_")[0]]
 
 
 # ----------------------------------------------------------------------------- formatting
+# The texts of T5's tasks (t5/data/preprocessors.py, glue_utils.py, tasks.py): tests pin them
+# string for string against the reference code's output (tests/fixtures/reference_tasks.json).
+UNLABELED = "<unk>"  # T5's target for rows without a label (label -1, ReCoRD without answers)
+
+
 def _join(*parts):
   return tf.strings.join(list(parts))
 
 
 def _label(label, names):
-  """Label id -> name; unlabeled (test) examples (-1) get an empty target."""
   names = tf.constant(list(names))
-  return tf.where(label < 0, tf.constant(""), tf.gather(names, tf.maximum(label, 0)))
+  return tf.where(label < 0, tf.constant(UNLABELED), tf.gather(names, tf.maximum(label, 0)))
 
 
-def fmt_boolq(x):
-  return {"inputs": _join("boolq passage: ", x["passage"], " question: ", x["question"]),
-          "targets": _label(x["label"], ("False", "True"))}
+def fmt_glue(benchmark: str, keys: tuple, labels: tuple):
+  """T5's GLUE / SuperGLUE text: "<benchmark> <key1>: <text1> <key2>: <text2> ...", keys in the
+  order T5 uses (sorted feature names, or WiC's and MultiRC's explicit lists)."""
+  def fn(x):
+    parts = [benchmark]
+    for k in keys:
+      parts += [f"{k}:", x[k]]
+    return {"inputs": tf.strings.join(parts, separator=" "),
+            "targets": _label(x["label"], labels)}
+  return fn
 
 
-def fmt_cb(x):
-  return {"inputs": _join("cb hypothesis: ", x["hypothesis"], " premise: ", x["premise"]),
-          "targets": _label(x["label"], ("entailment", "contradiction", "neutral"))}
+BOOLQ_LABELS = ("False", "True")
+CB_LABELS = ("entailment", "contradiction", "neutral")
+COPA_LABELS = ("choice1", "choice2")
+RTE_LABELS = ("entailment", "not_entailment")
+QQP_LABELS = ("not_duplicate", "duplicate")
+MRPC_LABELS = ("not_equivalent", "equivalent")
 
-
-def fmt_copa(x):
-  return {"inputs": _join("copa choice1: ", x["choice1"], " choice2: ", x["choice2"],
-                          " premise: ", x["premise"], " question: ", x["question"]),
-          "targets": _label(x["label"], ("choice1", "choice2"))}
+fmt_boolq = fmt_glue("boolq", ("passage", "question"), BOOLQ_LABELS)
+fmt_cb = fmt_glue("cb", ("hypothesis", "premise"), CB_LABELS)
+fmt_copa = fmt_glue("copa", ("choice1", "choice2", "premise", "question"), COPA_LABELS)
+fmt_rte = fmt_glue("rte", ("hypothesis", "premise"), RTE_LABELS)
+fmt_wic = fmt_glue("wic", ("sentence1", "sentence2", "word"), BOOLQ_LABELS)
+fmt_qqp = fmt_glue("qqp", ("question1", "question2"), QQP_LABELS)
+fmt_mrpc = fmt_glue("mrpc", ("sentence1", "sentence2"), MRPC_LABELS)
 
 
 def fmt_multirc(x):
-  group = _join(tf.strings.as_string(x["idx"]["paragraph"]), "-",
-                tf.strings.as_string(x["idx"]["question"]))
-  return {"inputs": _join("multirc question: ", x["question"], " answer: ", x["answer"],
-                          " paragraph: ", x["paragraph"]),
-          "targets": _label(x["label"], ("False", "True")), "group": group}
+  """T5's MultiRC: HTML markup removed; the question index is the group of the exact-match
+  metric (T5 groups by it alone)."""
+  out = fmt_glue("multirc", ("question", "answer", "paragraph"), BOOLQ_LABELS)(x)
+  text = tf.strings.regex_replace(out["inputs"], "<br>", " ")
+  out["inputs"] = tf.strings.regex_replace(text, "<(/)?b>", "")
+  out["group"] = tf.strings.as_string(x["idx"]["question"])  # extras travel as strings
+  return out
 
 
 def fmt_record(x):
-  answers = x["answers"]
-  first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(""))
-  return {"inputs": _join("record query: ", x["query"], " entities: ",
-                          tf.strings.reduce_join(x["entities"], separator=", "),
-                          " passage: ", x["passage"]),
-          "targets": first, "answers": tf.strings.reduce_join(answers, separator="\t")}
+  """T5's ReCoRD: one example per gold answer (``<unk>`` when there is none), each carrying all
+  answers and its passage/query group (the metric scores each group once against all of them).
+  Highlights join the passage as sentences. Returns a batch of rows (unbatched by the task)."""
+  n = tf.maximum(tf.size(x["answers"]), 1)
+  passage = tf.strings.regex_replace(x["passage"], r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ")
+  passage = tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
+  inputs = tf.strings.join(["record query:", x["query"], "entities:",
+                            tf.strings.reduce_join(x["entities"], separator=", "), "passage:",
+                            passage], separator=" ")
+  targets = tf.cond(tf.size(x["answers"]) > 0, lambda: x["answers"],
+                    lambda: tf.constant([UNLABELED]))
+  group = _join(tf.strings.as_string(x["idx"]["passage"]), "-",
+                tf.strings.as_string(x["idx"]["query"]))
+  return {"inputs": tf.fill([n], inputs), "targets": targets,
+          "answers": tf.fill([n], tf.strings.reduce_join(x["answers"], separator="\t")),
+          "group": tf.fill([n], group)}
 
 
-def fmt_rte(x):
-  return {"inputs": _join("rte sentence1: ", x["premise"], " sentence2: ", x["hypothesis"]),
-          "targets": _label(x["label"], ("entailment", "not_entailment"))}
-
-
-def fmt_wic(x):
-  return {"inputs": _join("wic sentence1: ", x["sentence1"], " sentence2: ", x["sentence2"],
-                          " word: ", x["word"]),
-          "targets": _label(x["label"], ("False", "True"))}
+# Two WSC texts whose span2_index points at the wrong word; T5 hard-codes their blanked text.
+_WSC_FIXES = {
+    "The boy continued to whip the pony , and eventually the pony threw him over. John laughed "
+    "out quite loud. \"Good for him,\" he said. ":
+    "The boy continued to whip the pony , and eventually the pony threw him over. John laughed "
+    "out quite loud. \"Good for X ,\" he said.",
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic "
+    "pebble in an iron safe . Some day they might want to use it , but really for now, what "
+    "more could they wish for?":
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic "
+    "pebble in an iron safe . Some day they might want to use X , but really for now, what more "
+    "could they wish for?",
+}
 
 
 def fmt_wsc(x):
-  return {"inputs": _join("wsc text: ", x["text"], " span1: ", x["span1_text"], " span2: ",
-                          x["span2_text"]),
-          "targets": _label(x["label"], ("False", "True"))}
+  """T5's simple WSC: ``wsc: <text>`` with the pronoun starred, target the candidate referent
+  (span1); ``label`` says whether it is the right one (training reads the right ones only, see
+  _TfdsSource.keep_train; the metric compares the prediction with the referent)."""
+  words = tf.strings.split(x["text"], sep=" ")
+  i = x["span2_index"]
+  blanked = tf.strings.join([tf.strings.reduce_join(words[:i], separator=" "), "X",
+                             tf.strings.reduce_join(words[i + 1:], separator=" ")], separator=" ")
+  for text, fixed in _WSC_FIXES.items():
+    blanked = tf.where(tf.equal(x["text"], text), tf.constant(fixed), blanked)
+  marked = tf.strings.regex_replace(blanked, " X ", _join(" *", x["span2_text"], "* "))
+  return {"inputs": _join("wsc: ", marked), "targets": x["span1_text"],
+          "label": tf.strings.as_string(x["label"])}
 
 
-PARAPHRASE_LABELS = ("not_equivalent", "equivalent")
-
-
-def fmt_paraphrase(a_key, b_key):
+def taskless(formatter):
+  """prompt-tuning's ``taskless_*`` variant: the first word (the task name) removed, so that
+  only the prompt tells the model which task it is doing."""
   def fn(x):
-    return {"inputs": _join("paraphrase sentence1: ", x[a_key], " sentence2: ", x[b_key]),
-            "targets": _label(x["label"], PARAPHRASE_LABELS)}
+    out = formatter(x)
+    return dict(out, inputs=tf.strings.regex_replace(out["inputs"], r"^[^ ]* ", "",
+                                                     replace_global=False))
   return fn
 
 
@@ -147,12 +226,13 @@ def fmt_translate(src, tgt):
 
 
 def summarize_prefix(lang: str) -> str:
+  """MLSum's prompt (no reference task: ours); CNN/DailyMail uses T5's ``summarize: ``."""
   return f"Summarize the following document in {LANGUAGES[lang]}: "
 
 
-def fmt_summarize(lang, text_key, summary_key):
+def fmt_summarize(prefix, text_key, summary_key):
   def fn(x):
-    return {"inputs": _join(summarize_prefix(lang), x[text_key]), "targets": x[summary_key]}
+    return {"inputs": _join(prefix, x[text_key]), "targets": x[summary_key]}
   return fn
 
 
@@ -169,19 +249,25 @@ def parse_mlsum_line(line):
 
 
 def fmt_mlsum(lang):
-  fmt = fmt_summarize(lang, "text", "summary")
+  fmt = fmt_summarize(summarize_prefix(lang), "text", "summary")
   return lambda line: fmt(parse_mlsum_line(line))
 
 
 # ----------------------------------------------------------------------------- registration
-def _postprocess(spec: TaskSpec):
-  extras = [k for k in ("group", "answers")]
+EXTRAS = ("group", "answers", "label")  # per-example fields the metrics read
 
+
+def format_dataset(spec: TaskSpec, ds):
+  ds = ds.map(spec.formatter, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.unbatch() if spec.expand else ds
+
+
+def _postprocess(spec: TaskSpec):
   def fn(output, example=None, is_target=False):
     if not is_target:
-      return output
+      return spec.postprocess(output) if spec.postprocess else output
     out = {"targets": output}
-    for k in extras:
+    for k in EXTRAS:
       if example is not None and k in example:
         v = example[k]
         out[k] = v.decode() if isinstance(v, bytes) else v
@@ -238,8 +324,8 @@ def output_features():
   return {"inputs": seqio.Feature(v, add_eos=True), "targets": seqio.Feature(v, add_eos=True)}
 
 
-def _preprocessors(formatter, instruction: str | None = None):
-  steps = [seqio.map_over_dataset(formatter)]
+def _preprocessors(spec: TaskSpec, instruction: str | None = None):
+  steps = [functools.partial(format_dataset, spec)]
   if instruction:
     steps.append(seqio.map_over_dataset(
         lambda x: dict(x, inputs=tf.strings.join([instruction + " ", x["inputs"]]))))
@@ -251,7 +337,7 @@ def _register_task(name: str, spec: TaskSpec, source, instruction: str | None = 
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name, source=source, preprocessors=_preprocessors(spec.formatter, instruction),
+      name, source=source, preprocessors=_preprocessors(spec, instruction),
       output_features=output_features(), postprocess_fn=_postprocess(spec),
       metric_fns=[spec.metric])
 
@@ -281,21 +367,24 @@ def instruction_task(name: str) -> str:
   """The name of a task that is ``name`` with its instruction text prepended to every input
   (registered on first use; the same source, preprocessors and metrics otherwise)."""
   if name not in SPECS:
-    raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(SPECS))}")
+    raise ValueError(removed_message(name) or
+                     f"unknown task {name!r}; registered: {', '.join(sorted(SPECS))}")
   if name not in _INSTRUCTION_TASKS:
     new = f"{name}_with_instructions"
-    _register_task(new, SPECS[name], seqio.get_mixture_or_task(name).source, INSTRUCTIONS[name])
+    _register_task(new, SPECS[name], seqio.get_mixture_or_task(name).source,
+                   instruction_text(name))
     _INSTRUCTION_TASKS[name] = new
   return _INSTRUCTION_TASKS[name]
 
 
-# Published training-split sizes (TFDS catalog; MLSum: Scialom et al. 2020), used for mixing
+# Published training-split sizes (TFDS catalog; T5's glue_utils weights, which count ReCoRD's
+# examples per answer and WSC's positive rows; MLSum: Scialom et al. 2020), used for mixing
 # rates when a source cannot tell its size (data not prepared yet, mocked data).
 TRAIN_SIZES = {
     "super_glue_boolq": 9427, "super_glue_cb": 250, "super_glue_copa": 400,
-    "super_glue_multirc": 27243, "super_glue_record": 100730, "super_glue_rte": 2490,
-    "super_glue_wic": 5428, "super_glue_wsc": 554, "glue_qqp_paraphrase": 363846,
-    "glue_mrpc_paraphrase": 3668, "wmt14_ende": 4508785, "wmt19_enzh": 25986436,
+    "super_glue_multirc": 27243, "super_glue_record": 138854, "super_glue_rte": 2490,
+    "super_glue_wic": 5428, "super_glue_wsc": 259, "glue_qqp": 363849, "glue_mrpc": 3668,
+    "wmt14_ende": 4508785, "wmt19_enzh": 25986436,
     "cnn_dailymail_en": 287113, "mlsum_de": 220887, "mlsum_es": 266367, "mlsum_fr": 392902,
 }
 RATE_CAP = 2 ** 19
@@ -303,15 +392,17 @@ RATE_CAP = 2 ** 19
 
 def num_train_examples(task) -> int:
   """Training examples of a task: from its source, else the published size."""
-  n = None
-  try:
-    n = task.num_input_examples("train")
-  except Exception:  # TFDS data not prepared / mocked: no split metadata
-    n = None
+  base = task.name[:-len("_with_instructions")] if task.name.endswith("_with_instructions") \
+      else task.name
+  spec = SPECS.get(base)
+  n = spec.train_size if spec is not None else 0
   if not n:
-    base = task.name[:-len("_with_instructions")] if task.name.endswith("_with_instructions") \
-        else task.name
-    n = TRAIN_SIZES.get(base)
+    try:
+      n = task.num_input_examples("train")
+    except Exception:  # TFDS data not prepared / mocked: no split metadata
+      n = None
+  if not n:
+    n = TRAIN_SIZES.get(base[len("taskless_"):] if base.startswith("taskless_") else base)
   if not n:
     raise ValueError(f"mixing rate of task {task.name!r}: the size of its training split is "
                      f"unknown; give explicit rates")
@@ -329,7 +420,8 @@ def adhoc_mixture(name: str, instructions: bool = False) -> seqio.Mixture:
   for part in name.split("+"):
     task, _, rate = part.partition(":")
     if task not in SPECS:
-      raise ValueError(f"unknown task {task!r} in mixture {name!r}; registered: "
+      raise ValueError(removed_message(task) or
+                       f"unknown task {task!r} in mixture {name!r}; registered: "
                        f"{', '.join(sorted(SPECS))}")
     if rate:
       try:
@@ -365,22 +457,28 @@ class _TfdsSource(seqio.TfdsDataSource):
   """A TFDS source that reads only what is on disk unless downloading was asked for: without
   the data, TFDS would spend minutes in download retries and end in a long traceback."""
 
-  def get_dataset(self, *args, **kwargs):
+  # keep_train: a predicate on raw rows; the training split keeps only the rows it accepts
+  # (T5's WSC trains on the rows whose candidate referent is the right one).
+  keep_train = None
+
+  def get_dataset(self, split=None, *args, **kwargs):
     self.tfds_dataset._read_only = not _DOWNLOAD["allowed"]
     try:
-      return super().get_dataset(*args, **kwargs)
+      ds = super().get_dataset(split, *args, **kwargs)
     except AssertionError as e:  # tfds: "Dataset X: could not find data in DIR ..."
       name = self.tfds_dataset.name.split(":")[0]
       where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
       raise FileNotFoundError(
           f"TFDS dataset {name!r} is not prepared in {where} (TFDS_DATA_DIR): build it with "
           f"`tfds build {name}` (needs internet) or set data.download=True") from e
+    return ds.filter(self.keep_train) if self.keep_train and split == "train" else ds
 
 
-def _tfds(name, config=None):
-  family = name
+def _tfds(name, config=None, keep_train=None, splits=None):
   full = f"{name}/{config}" if config else name
-  return _TfdsSource(f"{full}:{TFDS_VERSIONS[family]}", read_only=True)
+  src = _TfdsSource(f"{full}:{TFDS_VERSIONS[name]}", read_only=True, splits=splits)
+  src.keep_train = keep_train
+  return src
 
 
 def _mixture(name, tasks):
@@ -439,35 +537,71 @@ def register_mlsum(data_dir: str | None = None):
   global _MLSUM_DIR
   data_dir = _MLSUM_DIR = data_dir or os.environ.get("MLSUM_DIR", "")
   for lang in ("de", "es", "fr"):
-    spec = TaskSpec(f"mlsum_{lang}", fmt_mlsum(lang), M.rouge_l(False))
+    spec = TaskSpec(f"mlsum_{lang}", fmt_mlsum(lang), M.rouge(("rougeL",)))
     _add(spec, MLSumSource(data_dir, lang))
   _mixture("mlsum", ["mlsum_de", "mlsum_es", "mlsum_fr", "cnn_dailymail_en"])
 
 
-def register_all(mlsum_dir: str | None = None):
-  sg = {
-      "boolq": (fmt_boolq, M.accuracy, ("False", "True")),
-      "cb": (fmt_cb, M.accuracy_and_macro_f1(("entailment", "contradiction", "neutral")),
-             ("entailment", "contradiction", "neutral")),
-      "copa": (fmt_copa, M.accuracy, ("choice1", "choice2")),
-      "multirc": (fmt_multirc, M.multirc, ("False", "True")),
-      "record": (fmt_record, M.record, ()),
-      "rte": (fmt_rte, M.accuracy, ("entailment", "not_entailment")),
-      "wic": (fmt_wic, M.accuracy, ("False", "True")),
-      "wsc": (fmt_wsc, M.accuracy, ("False", "True")),
+def _superglue_specs():
+  """(short name, TaskSpec kwargs) of T5's super_glue_*_v102 tasks (WSC: the simple
+  formulation, super_glue_wsc_v102_simple_train / _eval)."""
+  return {
+      "boolq": dict(formatter=fmt_boolq, metric=M.class_accuracy(BOOLQ_LABELS), labels=BOOLQ_LABELS),
+      "cb": dict(formatter=fmt_cb, metric=M.cb(CB_LABELS), labels=CB_LABELS),
+      "copa": dict(formatter=fmt_copa, metric=M.class_accuracy(COPA_LABELS), labels=COPA_LABELS),
+      "multirc": dict(formatter=fmt_multirc, metric=M.multirc, labels=BOOLQ_LABELS),
+      "record": dict(formatter=fmt_record, metric=M.record, expand=True,
+                     train_size=TRAIN_SIZES["super_glue_record"]),
+      "rte": dict(formatter=fmt_rte, metric=M.class_accuracy(RTE_LABELS), labels=RTE_LABELS),
+      "wic": dict(formatter=fmt_wic, metric=M.class_accuracy(BOOLQ_LABELS), labels=BOOLQ_LABELS),
+      "wsc": dict(formatter=fmt_wsc, metric=M.wsc,
+                  train_size=TRAIN_SIZES["super_glue_wsc"]),
   }
-  for short, (fmt, metric, labels) in sg.items():
+
+
+def _transfer_postprocess(src_labels, tgt_labels):
+  """prompt-tuning's qqp_to_mrpc / mrpc_to_qqp: the source's positive word replaced by the
+  target's anywhere in the prediction ("not_duplicate" -> "not_equivalent" follows)."""
+  return lambda s: s.replace(src_labels[1], tgt_labels[1])
+
+
+def register_all(mlsum_dir: str | None = None):
+  sg = _superglue_specs()
+  for short, kw in sg.items():
     config = "wsc.fixed" if short == "wsc" else short
-    _add(TaskSpec(f"super_glue_{short}", fmt, metric, labels), _tfds("super_glue", config))
+    ref = "super_glue_wsc_v102_simple_train / _eval" if short == "wsc" else \
+        f"super_glue_{short}_v102"
+    # T5 keeps the rows whose label casts to True (unlabeled -1 rows too; TFDS train has none).
+    keep = (lambda x: x["label"] != 0) if short == "wsc" else None
+    for prefix in ("", "taskless_"):
+      fmt = taskless(kw["formatter"]) if prefix else kw["formatter"]
+      _add(TaskSpec(f"{prefix}super_glue_{short}", **dict(kw, formatter=fmt),
+                    reference=prefix + ref), _tfds("super_glue", config, keep))
   _mixture("super_glue", [f"super_glue_{s}" for s in sg])
-  _add(TaskSpec("glue_qqp_paraphrase", fmt_paraphrase("question1", "question2"),
-                M.accuracy_and_f1("equivalent"), PARAPHRASE_LABELS), _tfds("glue", "qqp"))
-  _add(TaskSpec("glue_mrpc_paraphrase", fmt_paraphrase("sentence1", "sentence2"),
-                M.accuracy_and_f1("equivalent"), PARAPHRASE_LABELS), _tfds("glue", "mrpc"))
-  _add(TaskSpec("wmt14_ende", fmt_translate("en", "de"), M.bleu("13a")),
-       _tfds("wmt14_translate", "de-en"))
+  _mixture("taskless_super_glue", [f"taskless_super_glue_{s}" for s in sg])
+
+  glue = {"qqp": (fmt_qqp, QQP_LABELS), "mrpc": (fmt_mrpc, MRPC_LABELS)}
+  for short, (fmt, labels) in glue.items():
+    for prefix in ("", "taskless_"):
+      f = taskless(fmt) if prefix else fmt
+      _add(TaskSpec(f"{prefix}glue_{short}", f, M.f1_and_accuracy(labels), labels,
+                    reference=f"{prefix}glue_{short}_v002"), _tfds("glue", short))
+  for src, tgt in (("qqp", "mrpc"), ("mrpc", "qqp")):
+    fmt, labels = glue[tgt]
+    for prefix in ("", "taskless_"):
+      name = f"{prefix}glue_{tgt}_from_{src}"
+      # Rank classification chooses among the words the model was trained to produce (the
+      # source's); the postprocessor maps the choice into the target's.
+      _add(TaskSpec(name, taskless(fmt) if prefix else fmt, M.f1_and_accuracy(labels),
+                    glue[src][1], splits={"validation": "validation"},
+                    postprocess=_transfer_postprocess(glue[src][1], labels),
+                    reference=f"{name}_v002"), _tfds("glue", tgt, splits=["validation"]))
+
+  _add(TaskSpec("wmt14_ende", fmt_translate("en", "de"), M.bleu("intl"),
+                reference="wmt14_ende_v003"), _tfds("wmt14_translate", "de-en"))
   _add(TaskSpec("wmt19_enzh", fmt_translate("en", "zh"), M.bleu("zh")),
        _tfds("wmt19_translate", "zh-en"))
-  _add(TaskSpec("cnn_dailymail_en", fmt_summarize("en", "article", "highlights"),
-                M.rouge_l(True)), _tfds("cnn_dailymail"))
+  _add(TaskSpec("cnn_dailymail_en", fmt_summarize("summarize: ", "article", "highlights"),
+                M.rouge(("rouge1", "rouge2", "rougeLsum")), reference="cnn_dailymail_v002"),
+       _tfds("cnn_dailymail"))
   register_mlsum(mlsum_dir)
