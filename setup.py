@@ -22,10 +22,17 @@ setup(
         "safetensors",
         "ml-collections",
         "absl-py",
+        # tokenizer.json (BPE: GPT-2, BART, Llama, ...); brings huggingface_hub and its `hf` CLI
+        # (`hf download ID` fetches a Hub checkpoint into the local cache).
+        "tokenizers>=0.20",
     ],
     extras_require={
         # The data layer: seqio task registries over TFDS, and their metrics.
         "tasks": TASKS,
+        # `prompt-tuning sweep` plots the swept axes (sweep.png); without it: table and CSV only.
+        "plot": ["matplotlib"],
+        # `tensorboard --logdir runs/` reads the event files every run writes (output_dir/tensorboard).
+        "tensorboard": ["tensorboard"],
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
         # peft: our PEFT exports are checked by loading them with PEFT itself.
         "test": ["pytest", "torch==2.13.0", "transformers>=5", "peft>=0.21", "nbclient", "nbformat",
