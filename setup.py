@@ -1,6 +1,9 @@
 from setuptools import find_packages, setup
 
-TASKS = ["tensorflow-cpu>=2.16", "seqio>=0.0.19", "tensorflow-datasets>=4.9",
+# `tensorflow`, not `tensorflow-cpu`: seqio's tensorflow-text requires `tensorflow` by name, so
+# asking for tensorflow-cpu too installed a second TensorFlow over the first (its Linux wheel runs
+# on CPUs; GPUs only with tensorflow[and-cuda]).
+TASKS = ["tensorflow>=2.16", "seqio>=0.0.19", "tensorflow-datasets>=4.9",
          "importlib_resources", "sacrebleu", "rouge-score"]
 
 setup(

@@ -117,11 +117,13 @@ def nearest(key: str, keys, n: int = 3) -> list[str]:
   """The existing keys nearest to ``key``: by whole key, and by the last part (a key put in the
   wrong section)."""
   keys = sorted(keys)
-  close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
   last = key.rsplit(".", 1)[-1]
+  initials = lambda k: "".join(w[0] for w in k.rsplit(".", 1)[-1].split("_") if w)
+  abbreviated = [k for k in keys if len(last) > 1 and initials(k) == last]   # lr, bs
+  close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
   by_last = [k for k in keys if difflib.SequenceMatcher(None, last, k.rsplit(".", 1)[-1]).ratio()
              >= 0.8]
-  return list(dict.fromkeys(close + by_last))[:n]
+  return list(dict.fromkeys(abbreviated + close + by_last))[:n]
 
 
 def _did_you_mean(key: str, keys) -> str:
@@ -145,6 +147,31 @@ def check_key(config, key: str, what: str = "config key"):
   if isinstance(node, (ml_collections.ConfigDict, dict)):
     raise ConfigError(f"{what} {key!r} is a section, not a value; its keys: "
                       f"{', '.join(sorted(flat_keys(node, key + '.'))[:8])}")
+
+
+def get(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def check_types(config, keys, reference):
+  """Tuple values parse to tuples of anything: each element must have the type the key's
+  elements have in ``reference`` (strings for an empty tuple), and a string element with a comma
+  is a list written without brackets."""
+  for key in keys:
+    new, old = get(config, key), get(reference, key)
+    if not isinstance(old, tuple) or not isinstance(new, tuple):
+      continue
+    want = {type(x) for x in old} or {str}
+    names = " or ".join(sorted(t.__name__ for t in want))
+    for x in new:
+      if type(x) not in want and not (float in want and type(x) is int):
+        raise ConfigError(f"bad value for config key {key!r}: {x!r} in {new!r} is not a "
+                          f"{names} (the key holds a tuple of {names}s)")
+      if isinstance(x, str) and "," in x:
+        raise ConfigError(f"bad value for config key {key!r}: {x!r} has a comma; write a "
+                          f"tuple as --config.{key}=\"('a', 'b')\"")
 
 
 def override_keys(argv) -> list[str]:
