@@ -211,7 +211,7 @@ def verb_help(command: str, config_file=None) -> str:
   return "\n".join(lines)
 
 
-HELP = ("-h", "--help", "-help", "--helpfull", "help")
+HELP = ("-h", "--help", "-help", "--helpfull")
 
 
 # ------------------------------------------------------------------------------ running
@@ -311,7 +311,7 @@ def train_summary(result: dict, config) -> str:
 
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in HELP:
+  if len(argv) < 2 or argv[1] in HELP + ("help",):
     print(general_help(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
     return 0 if len(argv) >= 2 else 2
   if argv[1] not in VERBS:

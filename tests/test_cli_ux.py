@@ -324,3 +324,18 @@ def get_sweep():  # one shape for every run: compiled once (the sweep's compilat
   assert float(rows[0]["synthetic_sentiment/accuracy std"]) == pytest.approx(np.std(seeds))
   assert os.path.getsize(tmp_path / "sweep" / "sweep.png") > 5000
   assert f"plot: {tmp_path / 'sweep' / 'sweep.png'}" in out
+
+
+# ------------------------------------------------------------------------------ install
+def test_the_hub_hint_names_a_command_that_exists(tmp_path, monkeypatch):
+  import subprocess
+  from prompt_tuning.interop import hub
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+  with pytest.raises(FileNotFoundError) as e:
+    hub.resolve("some-org/some-model@v2")
+  hint = str(e.value)[str(e.value).index("`") + 1:str(e.value).rindex("`")]
+  assert hint == "hf download some-org/some-model --revision v2"
+  # The base install's huggingface_hub (through tokenizers) has that command and these options.
+  hf = os.path.join(os.path.dirname(sys.executable), "hf")
+  r = subprocess.run([hf, "download", "--help"], capture_output=True, text=True, timeout=60)
+  assert r.returncode == 0 and "REPO_ID" in r.stdout and "--revision" in r.stdout
