@@ -164,7 +164,13 @@ for text, decoded, ranked in zip(texts, out["outputs"], out["ranked"]):
     ("code", '''with open("reviews.jsonl", "w") as f:
   for i, text in enumerate(texts + ["review: a lovely and calm evening at the lake"]):
     f.write(json.dumps({"id": i, "inputs": text}) + "\\n")
-!{sys.executable} -m prompt_tuning.cli infer --run {pretrained.output_dir} --input_file reviews.jsonl --output_file predictions.jsonl
+# In a Colab cell: !prompt-tuning infer --run RUN --input_file reviews.jsonl --output_file ...
+command = ["prompt-tuning", "infer", "--run", pretrained.output_dir,
+           "--input_file", "reviews.jsonl", "--output_file", "predictions.jsonl"]
+print("$", " ".join(command))
+r = subprocess.run([sys.executable, "-m", "prompt_tuning.cli"] + command[1:],
+                   capture_output=True, text=True)
+print(r.stdout + r.stderr)
 with open("predictions.jsonl") as f:
   for record in map(json.loads, f):
     print(record["id"], record["output"], record["ranked"]["label"],
@@ -384,13 +390,16 @@ def execute(path: str):
 
 if __name__ == "__main__":
   import sys
+  chosen = [a for a in sys.argv[1:] if not a.startswith("--")]   # names: only these
   for name, book in (("prompt_tuning_quickstart", QUICKSTART),
                      ("peft_export", PEFT_EXPORT),
                      ("domain_shift_qqp_mrpc", DOMAIN_SHIFT),
                      ("lora_vs_prompt", COMPARISON)):
+    if chosen and name not in chosen:
+      continue
     path = os.path.join(HERE, f"{name}.ipynb")
     nbf.write(book, path)
     print("wrote", name)
-    if "--execute" in sys.argv:   # full size, about 15 minutes on 2 CPU cores in all
+    if "--execute" in sys.argv:   # full size: about 15 minutes on 2 CPU cores for all four
       execute(path)
       print("executed", name, flush=True)
