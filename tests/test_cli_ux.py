@@ -284,6 +284,13 @@ def test_sweep_table_marks_the_best_setting_and_aggregates_seeds(tmp_path):
   assert sweep_lib.table(records, "loss")["best"] == 1
   with pytest.raises(ValueError, match="sweep metric 't/f1' is not in the runs' results"):
     sweep_lib.table(records, "f1")
+  # Runs that train different tasks: each is scored on its own training task.
+  mixed = [{"run": f"{task}_s{s}", "group": f"{task}_s{s}", "tags": {},
+            "overrides": {"data.task": task, "seed": s}, "eval": {task: {"accuracy": acc}}}
+           for task, s, acc in (("a", 0, 50.0), ("a", 1, 60.0), ("b", 0, 80.0), ("b", 1, 70.0))]
+  t = sweep_lib.table(mixed)
+  assert t["metric"] == "train/accuracy" and t["best"] == 1
+  assert [r["stats"]["train/accuracy"] for r in t["rows"]] == [(55.0, 5.0), (75.0, 5.0)]
 
 
 def test_sweep_command_prints_the_table_and_writes_csv_and_plot(tmp_path, capsys):

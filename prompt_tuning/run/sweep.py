@@ -118,16 +118,27 @@ def _value(record: dict, key: str):
   return record.get("overrides", {}).get(key, record.get("tags", {}).get(key))
 
 
+TRAIN = "train"   # the task label of "each run's own training task" (runs on several tasks)
+
+
+def _metrics(record: dict, task: str) -> dict:
+  """A run's dev metrics on ``task`` (TRAIN: on its training task, the first it evaluates)."""
+  return next(iter(record["eval"].values())) if task == TRAIN else record["eval"].get(task, {})
+
+
 def pick_metric(records: list[dict], metric: str | None) -> str:
-  """``TASK/NAME``: the given one (NAME alone: of the training task), else the training task's
-  accuracy, else its loss."""
-  task = next(iter(records[0]["eval"]))
-  if metric and "/" not in metric:
-    metric = f"{task}/{metric}"
+  """``TASK/NAME``: the given one; NAME alone (or nothing: accuracy where every run has it, else
+  loss) on the training task, which is TRAIN when the runs train different tasks."""
+  tasks = {next(iter(r["eval"])) for r in records}
+  task = tasks.pop() if len(tasks) == 1 else TRAIN
   if metric is None:
-    metric = f"{task}/accuracy" if "accuracy" in records[0]["eval"][task] else f"{task}/loss"
-  known = sorted({f"{t}/{k}" for r in records for t, m in r["eval"].items() for k in m})
-  if metric not in known:
+    name = "accuracy" if all("accuracy" in _metrics(r, TRAIN) for r in records) else "loss"
+    metric = f"{task}/{name}"
+  elif "/" not in metric:
+    metric = f"{task}/{metric}"
+  t, name = metric.split("/", 1)
+  if not any(name in _metrics(r, t) for r in records):
+    known = sorted({f"{t}/{k}" for r in records for t, m in r["eval"].items() for k in m})
     raise ValueError(f"sweep metric {metric!r} is not in the runs' results; known: "
                      f"{', '.join(known)}")
   return metric
@@ -144,7 +155,8 @@ def table(records: list[dict], metric: str | None = None) -> dict:
   main_task, name = metric.split("/", 1)
   keys = axes(records)
   grouped = any(r["group"] != r["run"] for r in records)
-  columns = [f"{t}/{name}" for t in records[0]["eval"] if name in records[0]["eval"][t]]
+  tasks = [main_task] if main_task == TRAIN else list(records[0]["eval"])
+  columns = [f"{t}/{name}" for t in tasks if name in _metrics(records[0], t)] or [metric]
   if f"{main_task}/loss" not in columns:
     columns.append(f"{main_task}/loss")
   rows: dict[tuple, dict] = {}
@@ -156,8 +168,8 @@ def table(records: list[dict], metric: str | None = None) -> dict:
     row["runs"].append(r["run"])
     for c in columns:
       t, k = c.split("/", 1)
-      if k in r["eval"].get(t, {}):
-        row["values"][c].append(float(r["eval"][t][k]))
+      if k in _metrics(r, t):
+        row["values"][c].append(float(_metrics(r, t)[k]))
   out = []
   for row in rows.values():
     stats = {c: (float(np.mean(v)), float(np.std(v))) for c, v in row["values"].items() if v}
