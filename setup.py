@@ -34,7 +34,7 @@ setup(
         "tasks": TASKS,
         # `prompt-tuning sweep` plots the swept axes (sweep.png); without it: table and CSV only.
         "plot": ["matplotlib"],
-        # `tensorboard --logdir runs/` reads the event files every run writes (output_dir/tensorboard).
+        # `tensorboard --logdir runs/` reads the event files of every run (output_dir/tensorboard).
         "tensorboard": ["tensorboard"],
         # Parity tests need the PyTorch reference: torch pinned to the CPU wheel on our machines.
         # peft: our PEFT exports are checked by loading them with PEFT itself.

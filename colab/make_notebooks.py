@@ -25,8 +25,8 @@ def setup(packages=()):
 if importlib.util.find_spec({p!r}) is None:
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", {p!r}], check=True)"""
                  for p in packages)
-  return f'''# >>> Where to install prompt-tuning-jax from: its git repository (your fork), or the path of
-# an uploaded copy (e.g. "/content/prompt-tuning-jax" after uploading and unzipping it).
+  return f'''# >>> Where to install prompt-tuning-jax from: its git repository (your fork), or the
+# path of an uploaded copy (e.g. "/content/prompt-tuning-jax" after uploading and unzipping it).
 REPO = "{REPO_URL}"
 # <<<
 import importlib, os, subprocess, sys
@@ -284,7 +284,7 @@ DOMAIN_SHIFT = nb([
            "TFDS) and which wants a real T5 checkpoint in `model.hf_checkpoint` to mean "
            "anything. Both pairs are one config key, `data.domain_shift`."),
     ("code", setup()),
-    ("code", '''# >>> False: built-in synthetic reviews -> comments (no download). True: GLUE QQP -> MRPC.
+    ("code", '''# >>> False: built-in reviews -> comments (no download). True: GLUE QQP -> MRPC.
 USE_GLUE = False
 # <<<
 import tempfile

@@ -283,10 +283,12 @@ def _comments(lines, fields: bool = False) -> dict[str, str]:
       found, prefix = [_TOP.match(code).group(1)], ""
     elif section:
       found = [k for k in _KWARG.findall(code) if k != "dict"]
-    above = []
     keys = [prefix + k for k in found]
-    if comment and "#" in line:
+    if comment:
       indent = line.index("#")
+    elif above and not _SECTION.match(code):   # a comment block above keys without their own
+      comment, indent = " ".join(above), None
+    above = []
     for k in keys:
       out[k] = comment
   return {k: v for k, v in out.items() if v}

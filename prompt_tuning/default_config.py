@@ -88,7 +88,8 @@ def get_config():
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1),              # (data, model); -1 = all remaining devices
-      coordinator_address="", num_processes=0, process_id=0,   # multi-host: jax.distributed (""/0: one host)
+      # multi-host: jax.distributed's coordinator, process count and this process ("", 0: one host)
+      coordinator_address="", num_processes=0, process_id=0,
   ))
   c.lock()
   return c

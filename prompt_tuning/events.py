@@ -107,8 +107,8 @@ class Progress:
   On a terminal: one bar redrawn in place (at most every ``redraw`` seconds), with the info of
   the last :meth:`update`. Elsewhere (a log file, a pipe, a notebook): :meth:`log` prints plain
   lines with the position, rate and ETA appended, and :meth:`update` prints one only every
-  ``interval`` seconds (never for ``interval=None``), and then one at the end. The rate counts from the
-  first update: the first unit (which compiles) is not timed."""
+  ``interval`` seconds (never for ``interval=None``), and then one at the end. The rate counts
+  from the first update: the first unit (which compiles) is not timed."""
 
   def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True,
                label: str = "", unit: str = "steps", interval: float | None = None,
@@ -122,7 +122,7 @@ class Progress:
     self.n, self.info = start, {}
     self.drawn, self.printed = False, False
     self.last_draw = -math.inf
-    self.last_line = clock()   # short jobs print no plain progress lines, long ones one per interval
+    self.last_line = clock()   # short jobs print no plain progress lines
 
   def status(self) -> str:
     """``12/300 steps  4.1 steps/s  ETA 1:10``."""

@@ -74,8 +74,8 @@ def test_help_lists_verbs_flags_and_every_key_with_default_and_comment(capsys):
 
 
 def test_config_verb_prints_the_resolved_config(capsys):
-  rc, out, err = call(capsys, "config", "--config", os.path.join(ROOT, "configs", "repro_lester.py"),
-                      "--config.train.num_steps=7")
+  rc, out, err = call(capsys, "config", "--config",
+                      os.path.join(ROOT, "configs", "repro_lester.py"), "--config.train.num_steps=7")
   assert rc == 0, err
   lines = out.splitlines()
   assert "  train.num_steps = 7   (default 300)" in lines
@@ -174,7 +174,8 @@ def test_progress_on_a_terminal_and_off_it():
     now[0] = step * 0.5   # 2 steps/s from the first update on
     p.update(step)
   p.log("step     10  loss 0.5000")
-  assert plain.getvalue() == "train: step     10  loss 0.5000  [10/100 steps  2 steps/s  ETA 0:45]\n"
+  assert plain.getvalue() == ("train: step     10  loss 0.5000  [10/100 steps  2 steps/s  "
+                              "ETA 0:45]\n")
   tty = Tty()
   p = events.Progress(100, stream=tty, label="train", clock=lambda: now[0])
   p.update(1)
@@ -209,7 +210,8 @@ def test_eval_with_run_reads_the_stored_config(run_dir, capsys):
   assert result(half)["eval"]["synthetic_sentiment"]["num_examples"] == 16
   rc, _, err = call(capsys, "eval", "--run", out, "--config.method.prompt.length=4")
   assert rc == 2 and err.count("\n") == 1 and "method.prompt.length: 8 -> 4" in err
-  rc, _, err = call(capsys, "eval", "--run", out, "--config", os.path.join(ROOT, "configs", "tiny.py"))
+  rc, _, err = call(capsys, "eval", "--run", out, "--config",
+                    os.path.join(ROOT, "configs", "tiny.py"))
   assert rc == 2 and "give --run DIR or --config FILE, not both" in err
   rc, shown, _ = call(capsys, "config", "--run", out)
   assert "  data.num_train = 128   (default 2000)" in shown.splitlines()

@@ -261,8 +261,8 @@ def plot(t: dict, path: str) -> str:
       ax.legend(fontsize=8)
   best = t["rows"][t["best"]]
   ax.set_ylabel(metric)
-  ax.set_title(f"best: {', '.join(f'{k}={v}' for k, v in best['setting'].items()) or best['runs'][0]}",
-               fontsize=9)
+  setting = ", ".join(f"{k}={v}" for k, v in best["setting"].items())
+  ax.set_title(f"best: {setting or best['runs'][0]}", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
