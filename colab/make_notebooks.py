@@ -1,4 +1,8 @@
-"""Writes the Colab notebooks in this folder (run after editing the cells below)."""
+"""Writes the Colab notebooks in this folder (run after editing the cells below); with
+``--execute`` also runs each one and saves it with its outputs (commit them so).
+
+  python colab/make_notebooks.py --execute
+"""
 import os
 
 import nbformat as nbf
@@ -6,16 +10,45 @@ import nbformat as nbf
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def setup(extras="", packages=()):
-  """The first code cell: installs the library on Colab (a regular install, importable at once;
-  an editable one would need a runtime restart); locally it only reads PT_NOTEBOOK_SMALL."""
-  pip = ", ".join(repr(p) for p in (f"/content/prompt-tuning-jax{extras}",) + tuple(packages))
-  return f'''# On Colab: clone this repository into /content/prompt-tuning-jax first (or upload it);
-# this cell installs it there. Elsewhere it installs nothing.
-import os, subprocess, sys
-if "google.colab" in sys.modules:
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", {pip}], check=True)
-# Tests run these notebooks with PT_NOTEBOOK_SMALL=1: fewer steps (and mock TFDS data).
+# The repository the notebooks install from on Colab: set it once here (then rerun this script)
+# or in each notebook's first cell.
+REPO_URL = "https://github.com/YOUR-ORG/prompt-tuning-jax"
+
+
+def setup(packages=()):
+  """The first code cell: installs the library (a regular install, importable at once; an
+  editable one would need a runtime restart) from REPO: a git repository, or the path of an
+  uploaded copy. Tests run it as Colab would, from a fresh directory, with PT_NOTEBOOK_REPO (the
+  local checkout), PT_NOTEBOOK_PIP_ARGS (no dependencies, into a scratch directory) and
+  PT_NOTEBOOK_SMALL=1 (fewer steps)."""
+  more = "".join(f"""
+if importlib.util.find_spec({p!r}) is None:
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", {p!r}], check=True)"""
+                 for p in packages)
+  return f'''# >>> Where to install prompt-tuning-jax from: its git repository (your fork), or the
+# path of an uploaded copy (e.g. "/content/prompt-tuning-jax" after uploading and unzipping it).
+REPO = "{REPO_URL}"
+# <<<
+import importlib, os, subprocess, sys
+REPO = os.environ.get("PT_NOTEBOOK_REPO", REPO)
+
+
+def pip_install(extras=""):
+  """Installs prompt-tuning-jax from REPO, with optional extras such as "[tasks]"."""
+  if os.path.exists(REPO):
+    spec = os.path.abspath(REPO) + extras
+  elif "YOUR-ORG" in REPO:
+    raise ValueError("set REPO in the first cell to the repository to install from, or upload "
+                     "a copy of it and give its path")
+  else:
+    spec = f"prompt-tuning-jax{{extras}} @ git+{{REPO}}"
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                  *os.environ.get("PT_NOTEBOOK_PIP_ARGS", "").split(), spec], check=True)
+  importlib.invalidate_caches()
+
+
+pip_install(){more}
+# Tests run these notebooks with PT_NOTEBOOK_SMALL=1: fewer steps.
 SMALL = os.environ.get("PT_NOTEBOOK_SMALL") == "1"
 import jax
 print("JAX", jax.__version__, "devices:", jax.devices())'''
@@ -114,8 +147,7 @@ with open("quickstart_results.json", "w") as f:
     ("md", "On the pretrained model the prompt first learns to answer with a label at all "
            "(accuracy from 0 to about 50%: one label for everything), then to pick the right one "
            "(to 100%). On the random model it never gets past chance.\n\n"
-           "Decoding new reviews with the stored pretrained run (the CLI's `prompt-tuning infer "
-           "--config.output_dir=RUN --input=TEXT --rank`):"),
+           "Decoding new reviews with the stored pretrained run, from Python:"),
     ("code", '''from prompt_tuning.run.infer import infer
 
 texts = ["review: the farmer found a wonderful box near the sea",
@@ -124,6 +156,25 @@ out = infer(pretrained, texts, rank=True)
 for text, decoded, ranked in zip(texts, out["outputs"], out["ranked"]):
   scores = ", ".join(f"{label} {s:.2f}" for label, s in ranked["scores"].items())
   print(f"{text:55s} -> {decoded!r:11s} log-likelihoods: {scores}")'''),
+    ("md", "The same from the command line: `prompt-tuning infer --run RUN` reads the model, "
+           "method, tokenizer and task from the run itself; `--input_file` takes a jsonl file "
+           "(one `{\"inputs\": ...}` per line, `-` for stdin) and writes each record with the "
+           "decoded `output` and, for a classification task, the labels ranked by "
+           "log-likelihood."),
+    ("code", '''with open("reviews.jsonl", "w") as f:
+  for i, text in enumerate(texts + ["review: a lovely and calm evening at the lake"]):
+    f.write(json.dumps({"id": i, "inputs": text}) + "\\n")
+# In a Colab cell: !prompt-tuning infer --run RUN --input_file reviews.jsonl --output_file ...
+command = ["prompt-tuning", "infer", "--run", pretrained.output_dir,
+           "--input_file", "reviews.jsonl", "--output_file", "predictions.jsonl"]
+print("$", " ".join(command))
+r = subprocess.run([sys.executable, "-m", "prompt_tuning.cli"] + command[1:],
+                   capture_output=True, text=True)
+print(r.stdout + r.stderr)
+with open("predictions.jsonl") as f:
+  for record in map(json.loads, f):
+    print(record["id"], record["output"], record["ranked"]["label"],
+          {label: round(s, 2) for label, s in record["ranked"]["scores"].items()})'''),
 ])
 
 PEFT_EXPORT = nb([
@@ -151,9 +202,8 @@ c.lock()
 result = loop.train(c)
 print(f"dev accuracy after {result['step']} steps: "
       f"{result['eval']['synthetic_sentiment']['accuracy']:.1f}%")'''),
-    ("md", "Export. From a shell this is `prompt-tuning export` with the training flags "
-           "(`--config.method.name=lora --config.optimizer.learning_rate=3e-3 ... "
-           "--config.output_dir=RUN`) and `--format=peft --out=DIR`."),
+    ("md", "Export. From a shell this is `prompt-tuning export --run RUN --format peft --out "
+           "DIR` (the run's own config is read from its checkpoint)."),
     ("code", '''from prompt_tuning.run import export
 
 adapter_dir = os.path.join(c.output_dir, "peft_adapter")
@@ -224,38 +274,54 @@ with open("peft_export_results.json", "w") as f:
 ])
 
 DOMAIN_SHIFT = nb([
-    ("md", "# Domain shift: QQP -> MRPC\n\nLester et al. (2021) train a prompt on one paraphrase "
-           "dataset and evaluate it zero-shot on the other, as prompt-tuning's glue_transfer: "
-           "QQP in its own T5 format (`qqp question1: ... question2: ...` -> `duplicate` / "
-           "`not_duplicate`), MRPC's dev set in MRPC's (`mrpc sentence1: ...`), the predicted "
-           "`duplicate` mapped to `equivalent` before scoring. With real data, point "
-           "`model.hf_checkpoint` at a T5 checkpoint; here the default's pretrained tiny T5 keeps "
-           "it quick. In tests (`PT_NOTEBOOK_SMALL=1`) TFDS is mocked, so no download happens."),
-    ("code", setup("[tasks]")),
-    ("code", '''import contextlib, tempfile
-import tensorflow_datasets as tfds
+    ("md", "# Domain shift: train a prompt on one domain, evaluate it zero-shot on another\n\n"
+           "Lester et al. (2021) train a prompt on one paraphrase dataset (QQP) and evaluate it "
+           "zero-shot on the other (MRPC). **This notebook uses small built-in data by default** "
+           "and downloads nothing: the synthetic sentiment task in two domains, product reviews "
+           "(`review: ...`) and comments about events (`comment: ... was ...`), with the same "
+           "labels. Set `USE_GLUE = True` below for the paper's pair, which TFDS downloads "
+           "(GLUE QQP and MRPC, about 42 MB; it installs the `[tasks]` extra: TensorFlow, seqio, "
+           "TFDS) and which wants a real T5 checkpoint in `model.hf_checkpoint` to mean "
+           "anything. Both pairs are one config key, `data.domain_shift`."),
+    ("code", setup()),
+    ("code", '''# >>> False: built-in reviews -> comments (no download). True: GLUE QQP -> MRPC.
+USE_GLUE = False
+# <<<
+import tempfile
+from prompt_tuning.data import synthetic
 from prompt_tuning.default_config import get_config
 from prompt_tuning.run import loop
 
 c = get_config()
 c.unlock()
-c.output_dir = tempfile.mkdtemp(prefix="qqp_to_mrpc_")
-c.method.prompt.length = 20
-c.data.update(domain_shift="qqp_to_mrpc", num_train=64 if SMALL else 20000,
-              num_eval=32 if SMALL else 2000, max_input_length=96, max_target_length=8,
-              truncate=True)
-c.train.update(batch_size=16, num_steps=6 if SMALL else 2000, log_every=3 if SMALL else 100,
-               eval_every=6 if SMALL else 500, checkpoint_every=6 if SMALL else 500,
-               eval_batch_size=32, max_decode_length=6)
+c.output_dir = tempfile.mkdtemp(prefix="domain_shift_")
+if USE_GLUE:
+  pip_install("[tasks]")
+  # QQP trains in its own T5 format (-> duplicate / not_duplicate); MRPC is evaluated in MRPC's,
+  # the predicted label words mapped (duplicate -> equivalent), as prompt-tuning's glue_transfer.
+  c.method.prompt.update(length=20, class_labels=("duplicate", "not_duplicate"))
+  c.data.update(domain_shift="qqp_to_mrpc", num_train=20000, num_eval=2000, max_input_length=96,
+                truncate=True, download=True)
+  c.train.update(batch_size=16, num_steps=2000, log_every=100, eval_every=500,
+                 checkpoint_every=500)
+else:
+  c.data.update(domain_shift="reviews_to_comments", num_train=512 if SMALL else 2000,
+                num_eval=64 if SMALL else 256)
+  c.train.update(num_steps=40 if SMALL else 300, log_every=20 if SMALL else 50,
+                 eval_every=40 if SMALL else 100, checkpoint_every=40 if SMALL else 100)
+  source, target = synthetic.DOMAIN_SHIFT_PAIRS["reviews_to_comments"]
+  print("trained on:          ", synthetic.TASKS[source](1)[0])
+  print("evaluated zero-shot: ", synthetic.TASKS[target](1)[0])
 c.lock()
-data = tfds.testing.mock_data(num_examples=64) if SMALL else contextlib.nullcontext()
-with data:
-  result = loop.train(c)'''),
+result = loop.train(c)'''),
+    ("md", "Dev metrics of the trained prompt on both domains (the second one never seen in "
+           "training). The checkpoint kept in `best/` is the one with the lowest dev perplexity "
+           "on the training domain."),
     ("code", '''for task, m in result["eval"].items():
-  print(f"{task:24s} accuracy {m['accuracy']:6.2f}  F1 {m['f1']:6.2f}  "
-        f"perplexity {m['perplexity']:.3f}")
-print("best checkpoint (dev perplexity on QQP):", result["best"])
-assert set(result["eval"]) == {"glue_qqp", "glue_mrpc_from_qqp"}'''),
+  print(f"{task:30s} accuracy {m['accuracy']:6.2f}  rank accuracy "
+        f"{m.get('rank_accuracy', float('nan')):6.2f}  perplexity {m['perplexity']:.3f}")
+print("best checkpoint (dev perplexity on the training domain):", result["best"])
+assert len(result["eval"]) == 2'''),
 ])
 
 COMPARISON = nb([
@@ -300,10 +366,42 @@ assert (results["prompt"]["trainable_params"] < results["lora"]["trainable_param
         < results["full"]["trainable_params"])'''),
 ])
 
+def execute(path: str):
+  """Runs a notebook top to bottom as Colab would (a fresh directory; its first cell installs
+  this checkout, without dependencies, into a scratch directory that is the kernel's only path
+  to the package) and saves it with its outputs, so it reads on GitHub."""
+  import tempfile
+  import nbclient
+  with tempfile.TemporaryDirectory() as tmp:
+    site, work = os.path.join(tmp, "site"), os.path.join(tmp, "work")
+    os.makedirs(site)
+    os.makedirs(work)
+    env = {"PT_NOTEBOOK_REPO": os.path.dirname(HERE), "PYTHONPATH": site,
+           "PT_NOTEBOOK_PIP_ARGS": f"--no-deps --no-build-isolation --target {site}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      book = nbf.read(path, as_version=4)
+      nbclient.NotebookClient(book, timeout=3600, kernel_name="python3",
+                              resources={"metadata": {"path": work}}).execute()
+    finally:
+      for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+  nbf.write(book, path)
+
+
 if __name__ == "__main__":
+  import sys
+  chosen = [a for a in sys.argv[1:] if not a.startswith("--")]   # names: only these
   for name, book in (("prompt_tuning_quickstart", QUICKSTART),
                      ("peft_export", PEFT_EXPORT),
                      ("domain_shift_qqp_mrpc", DOMAIN_SHIFT),
                      ("lora_vs_prompt", COMPARISON)):
-    nbf.write(book, os.path.join(HERE, f"{name}.ipynb"))
+    if chosen and name not in chosen:
+      continue
+    path = os.path.join(HERE, f"{name}.ipynb")
+    nbf.write(book, path)
     print("wrote", name)
+    if "--execute" in sys.argv:   # full size: about 15 minutes on 2 CPU cores for all four
+      execute(path)
+      print("executed", name, flush=True)

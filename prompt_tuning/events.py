@@ -5,6 +5,7 @@ and ``tf.compat.v1.train.summary_iterator`` read them.
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -93,24 +94,100 @@ class EventWriter:
     self._f.close()
 
 
+def duration(seconds: float) -> str:
+  """``1:02:03`` / ``2:03``."""
+  seconds = int(round(max(seconds, 0.0)))
+  h, rest = divmod(seconds, 3600)
+  return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
 class Progress:
-  """A one-line progress bar on terminals (loss, tokens/s); nothing when not a TTY."""
+  """Progress of ``total`` units (``unit``: steps, batches, examples) with rate and ETA.
 
-  def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True):
-    self.total, self.start = total, start
+  On a terminal: one bar redrawn in place (at most every ``redraw`` seconds), with the info of
+  the last :meth:`update`. Elsewhere (a log file, a pipe, a notebook): :meth:`log` prints plain
+  lines with the position, rate and ETA appended, and :meth:`update` prints one only every
+  ``interval`` seconds (never for ``interval=None``), and then one at the end. The rate counts
+  from the first update: the first unit (which compiles) is not timed."""
+
+  def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True,
+               label: str = "", unit: str = "steps", interval: float | None = None,
+               clock=time.monotonic, redraw: float = 0.2):
+    self.total, self.start, self.label, self.unit = total, start, label, unit
     self.stream = stream or sys.stdout
-    self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.enabled = enabled
+    self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.interval, self.clock, self.redraw = interval, clock, redraw
+    self.first = None    # (time, position) of the first update: the rate counts from there
+    self.n, self.info = start, {}
+    self.drawn, self.printed = False, False
+    self.last_draw = -math.inf
+    self.last_line = clock()   # short jobs print no plain progress lines
 
-  def update(self, step: int, **info):
+  def status(self) -> str:
+    """``12/300 steps  4.1 steps/s  ETA 1:10``."""
+    text = f"{self.n}/{self.total} {self.unit}"
+    if self.first is not None and self.n > self.first[1]:
+      rate = (self.n - self.first[1]) / max(self.clock() - self.first[0], 1e-9)
+      text += f"  {rate:.3g} {self.unit}/s"
+      if self.n < self.total:
+        text += f"  ETA {duration((self.total - self.n) / rate)}"
+    return text
+
+  def update(self, n: int, **info):
     if not self.enabled:
       return
-    frac = step / max(self.total, 1)
-    bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-    extra = "  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}"
-                      for k, v in info.items())
-    self.stream.write(f"\r[{bar}] {step}/{self.total}  {extra}")
-    self.stream.flush()
+    self.n = n
+    now = self.clock()
+    if self.first is None:
+      self.first = (now, n)
+    if info:
+      self.info = info
+    if self.tty:
+      if now - self.last_draw >= self.redraw or n >= self.total:
+        self.last_draw = now
+        self._draw()
+    elif self.interval is not None and (now - self.last_line >= self.interval
+                                         or (n >= self.total and self.printed)):
+      self._line(self._extra(info))
+
+  def log(self, text: str):
+    """A line of its own (a training log, eval results): on a terminal above the bar."""
+    if not self.enabled:
+      return
+    if self.tty:
+      self._clear()
+      self.stream.write(text + "\n")
+      self._draw()
+    else:
+      self._line(text)
 
   def close(self):
-    if self.enabled:
-      self.stream.write("\n")
+    if self.tty and self.drawn:
+      self._clear()
+      self.stream.flush()
+
+  @staticmethod
+  def _extra(info) -> str:
+    return "  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in info.items())
+
+  def _line(self, text: str):
+    self.last_line, self.printed = self.clock(), True
+    head = f"{self.label}: " if self.label else ""
+    self.stream.write(f"{head}{text}{'  ' if text else ''}[{self.status()}]\n")
+    self.stream.flush()
+
+  def _draw(self):
+    frac = min(self.n / max(self.total, 1), 1.0)
+    bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+    head = f"{self.label} " if self.label else ""
+    extra = self._extra(self.info)
+    self.stream.write(f"\r\033[K{head}[{bar}] {self.status()}{'  ' if extra else ''}{extra}")
+    self.stream.flush()
+    self.drawn = True
+
+  def _clear(self):
+    if self.drawn:
+      self.stream.write("\r\033[K")
+      self.drawn = False

@@ -506,9 +506,7 @@ RUN = ["--config.data.num_train=32", "--config.data.num_eval=8", "--config.train
 
 
 def parse(args):
-  argv = ["prompt-tuning"] + list(args)
-  with mock.patch.object(sys, "argv", argv):   # config_flags reads its overrides from sys.argv
-    return cli.parse_flags(argv).config
+  return cli.parse("train", ["prompt-tuning"] + list(args))[1]
 
 
 def cli_run(capsys, verb, *args, expect=0):

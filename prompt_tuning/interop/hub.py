@@ -82,7 +82,8 @@ def resolve(path: str) -> str:
     raise FileNotFoundError(
         f"checkpoint {path!r} is not a directory, and model id {repo!r}{at} is not in the local "
         f"Hugging Face cache {cache} (set by HF_HUB_CACHE / HF_HOME); this library never "
-        f"downloads: fetch it first, e.g. `huggingface-cli download {repo}`")
+        f"downloads: fetch it first, e.g. `hf download {repo}"
+        f"{f' --revision {revision}' if revision else ''}` (huggingface_hub's CLI)")
   return snap
 
 

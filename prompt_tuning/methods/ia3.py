@@ -35,7 +35,7 @@ INPUT_SCALED = ("mlp_out",)
 
 @dataclasses.dataclass(frozen=True)
 class IA3Config(MethodConfig):
-  targets: tuple[str, ...] = ("k", "v", "mlp_out")
+  targets: tuple[str, ...] = ("k", "v", "mlp_out")   # rescaled: q, k, v, o, mlp_in, mlp_out
 
   def validate(self):
     bad = sorted(set(self.targets) - set(TARGETS))

@@ -14,8 +14,8 @@ from prompt_tuning.models.core import base_params
 
 @dataclasses.dataclass(frozen=True)
 class LayersConfig(MethodConfig):
-  paths: tuple[str, ...] = ()
-  last_k: int = 0
+  paths: tuple[str, ...] = ()   # dotted prefixes of the tuned blocks (e.g. "decoder.layers.1")
+  last_k: int = 0               # or: the last k layers of every stack
 
   def validate(self):
     if self.last_k < 0:

@@ -21,9 +21,9 @@ ROLES = {"q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "mlp": ("mlp_in", "
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig(MethodConfig):
-  rank: int = 4
-  alpha: float = 8.0
-  targets: tuple[str, ...] = TARGETS
+  rank: int = 4                       # r of each low-rank update B A
+  alpha: float = 8.0                  # the update is scaled by alpha / rank
+  targets: tuple[str, ...] = TARGETS  # projections by role: q, k, v, o, mlp (every MLP one)
 
   def validate(self):
     if self.rank <= 0:

@@ -47,7 +47,7 @@ class MaskConfig(MethodConfig):
   sparsity: float = 0.05             # fraction of each masked kernel's entries set to zero
   targets: tuple[str, ...] = TARGETS # projections by role (as lora: q, k, v, o, mlp)
   paths: tuple[str, ...] = ()        # dotted prefixes (e.g. "decoder.layers.1"); () = all layers
-  init: str = "magnitude"
+  init: str = "magnitude"            # initial scores: "magnitude" (|W| pruning) | "uniform"
 
   def validate(self):
     if not 0.0 < self.sparsity < 1.0:

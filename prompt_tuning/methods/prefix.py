@@ -56,7 +56,7 @@ class PrefixConfig(MethodConfig):
                                     # encoder_hidden_size default)
   init: str = "normal"              # "normal": N(0, init_std) (PEFT's default); "zero": zero
                                     # prefixes (with projection: zero last layer, as PEFT)
-  init_std: float = 1.0
+  init_std: float = 1.0             # std of the "normal" init
 
   def validate(self):
     if self.length <= 0:

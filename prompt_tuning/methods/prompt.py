@@ -31,11 +31,11 @@ INITS = ("vocab", "class_labels", "text", "uniform")
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig(MethodConfig):
-  length: int = 100
-  init: str = "vocab"
+  length: int = 100                # soft-prompt vectors
+  init: str = "vocab"              # "vocab" | "class_labels" | "text" | "uniform"
   init_vocab_size: int = 5000      # sample from the embeddings of the first N ids
-  init_text: str = ""
-  class_labels: tuple[str, ...] = ()
+  init_text: str = ""              # init="text": the embeddings of this text's tokens
+  class_labels: tuple[str, ...] = ()   # init="class_labels": the labels' embeddings first
   placement: str = "prefix"        # "prefix" | "after_bos" | "before_eos"
   scope: str = "encoder"           # "encoder" | "decoder" | "both" (encoder-decoder models)
   tasks: tuple[str, ...] = ()      # multi-task prompts: the task names (order = task ids)

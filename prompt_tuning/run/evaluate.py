@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning import metrics, sharding
+from prompt_tuning import events, metrics, sharding
 from prompt_tuning.data import files, synthetic
 from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
 from prompt_tuning.run.validate import check_drift
@@ -89,6 +89,9 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
   sums = None
   by_index: dict[int, tuple] = {}
   ranked: dict[int, str] = {}
+  # Plain progress lines only for long evaluations (every 30 s) when not on a terminal.
+  bar = events.Progress(getattr(ev, "num_batches", 0), label=f"eval {name}",
+                        unit="batches", interval=30.0, enabled=sharding.is_main_process())
   for batch, raw in ev:
     out = {k: sharding.gather(v) for k, v in trainer.eval_step(params, batch).items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in out}
@@ -100,6 +103,8 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
     if labels:
       ranked.update({i: best for i, (best, _) in rank_by_index(exp, params, batch,
                                                                labels).items()})
+    bar.update(bar.n + 1)
+  bar.close()
   if sums is None or int(sums["count"]) == 0:
     raise ValueError(f"eval set {name!r} has no examples")
   order = sorted(by_index)

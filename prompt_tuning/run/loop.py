@@ -123,7 +123,7 @@ def _train(config, allow_changed) -> dict:
           f"processes={jax.process_count()}", flush=True)
   start = int(state.step)
   tb = events_lib.EventWriter(os.path.join(config.output_dir, "tensorboard")) if main else None
-  bar = events_lib.Progress(tc.num_steps, start, enabled=main)
+  bar = events_lib.Progress(tc.num_steps, start, enabled=main, label="train")
   guard = DivergenceGuard(tc.divergence_factor, tc.divergence_patience,
                           float(global_norm(state.params)))
   base_fraction = trainer.num_base_trainable / max(trainer.num_base, 1)
@@ -153,6 +153,7 @@ def _train(config, allow_changed) -> dict:
       tokens = tokens + aux["real_tokens"]   # on device: no sync per step
       timed += 1
     s = step + 1
+    bar.update(s)
     save_now = s % tc.checkpoint_every == 0 or s == tc.num_steps
     log_now = s % tc.log_every == 0 or s == tc.num_steps
     if save_now or log_now:
@@ -175,10 +176,8 @@ def _train(config, allow_changed) -> dict:
         speed = "" if not timed else (
             f"  {rec['tokens_per_s']:,.0f} tok/s  {rec['tflops_per_s']:.3g} TFLOP/s"
             + (f"  MFU {rec['mfu']:.1%}" if peak else ""))
-        if bar.enabled:
-          bar.update(s, loss=loss, tok_s=rec.get("tokens_per_s", 0.0))
-        else:
-          print(f"step {s:6d}  loss {loss:.4f}{speed}", flush=True)
+        bar.update(s, loss=loss)
+        bar.log(f"step {s:6d}  loss {loss:.4f}{speed}")
         append_jsonl(log_path, rec)
         tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
       t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
@@ -188,10 +187,9 @@ def _train(config, allow_changed) -> dict:
         if main:
           append_jsonl(log_path, {"step": s, "eval": metrics})
           tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
-          bar.close()
-          print(f"eval step {s}: " + "; ".join(
+          bar.log(f"eval step {s}: " + "; ".join(
               f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
-              for t, m in metrics.items()), flush=True)
+              for t, m in metrics.items()))
         ppl = metrics[main_task]["perplexity"]
         if ppl < best_ppl:
           best_ppl = ppl
