@@ -74,6 +74,21 @@ def f1_and_accuracy(labels: Sequence[str]):
   return fn
 
 
+def _macro_f1(t, p, n: int) -> float:
+  return sum(_f1(t, p, c) for c in range(n)) / n
+
+
+def macro_f1_and_accuracy(labels: Sequence[str]):
+  """Own classification data: accuracy and the mean F1 over the label set's classes; a
+  prediction that is no label word is wrong for its example's class."""
+  def fn(examples, predictions):
+    t = _t(examples)
+    _check(t, predictions)
+    ti, pi = _ids(t, labels), _ids(predictions, labels)
+    return {"accuracy": _accuracy_ids(ti, pi), "f1_macro": _macro_f1(ti, pi, len(labels))}
+  return fn
+
+
 def cb(labels: Sequence[str]):
   """CommitmentBank: macro F1 over the three classes (T5's mean_3class_f1), accuracy, and
   their mean (the SuperGLUE score)."""
@@ -81,8 +96,7 @@ def cb(labels: Sequence[str]):
     t = _t(examples)
     _check(t, predictions)
     ti, pi = _ids(t, labels), _ids(predictions, labels)
-    out = {f"mean_{len(labels)}class_f1":
-           sum(_f1(ti, pi, c) for c in range(len(labels))) / len(labels),
+    out = {f"mean_{len(labels)}class_f1": _macro_f1(ti, pi, len(labels)),
            "accuracy": _accuracy_ids(ti, pi)}
     out["avg"] = (out["accuracy"] + out[f"mean_{len(labels)}class_f1"]) / 2
     return out

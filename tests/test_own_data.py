@@ -59,6 +59,15 @@ def test_train_on_jsonl_and_csv_through_the_cli(tmp_path, capsys):
   # Chance is 50%; the run learns the task (measured: accuracy 76.6, macro F1 74.8, rank
   # classification 75.0 at step 40).
   assert m["accuracy"] > 65 and m["rank_accuracy"] > 65 and m["f1_macro"] > 60, m
+  # infer --input_file on the dev records as they are ({"text", "label"}): the run's template
+  # makes the inputs and its label set is ranked, so the ranked labels score the eval's figure.
+  out = tmp_path / "ranked.jsonl"
+  assert cli.main(["prompt-tuning", "infer", f"--run={tmp_path / 'jsonl' / 'run'}",
+                   f"--input_file={tmp_path / 'dev.jsonl'}", f"--output_file={out}"]) == 0
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  words = ("negative", "positive")
+  hits = [r["ranked"]["label"] == words[r["label"]] for r in rows]
+  assert len(rows) == 64 and 100 * np.mean(hits) == pytest.approx(m["rank_accuracy"], abs=1e-9)
   # The same records as csv files (labels as text): the very same run, to the last bit.
   res_csv = train(tmp_path / "csv", capsys, *SENTIMENT,
                   f"--config.data.train_file={write_csv(tmp_path / 'train.csv', train_rec)}",

@@ -377,16 +377,13 @@ class OwnData:
   def score(self, examples, predictions) -> dict:
     targets = [e["targets"] for e in examples]
     if self.task_type == "classification":
-      out = metrics_lib.accuracy(targets, predictions)
-      out["f1_macro"] = sum(metrics_lib.binary_f1(targets, predictions, label)
-                            for label in self.labels) / len(self.labels)
-      return out
+      return metrics_lib.macro_f1_and_accuracy(self.labels)(targets, predictions)
     out = {}
     for m in self.metrics:
       if m == "exact_match":
         out["exact_match"] = metrics_lib.accuracy(targets, predictions)["accuracy"]
       elif m == "rouge":
-        out.update(metrics_lib.rouge_l()(targets, predictions))
+        out.update(metrics_lib.rouge(("rougeL",))(targets, predictions))
       else:
         out.update(metrics_lib.bleu()(targets, predictions))
     return out
