@@ -1,7 +1,9 @@
 """``prompt-tuning {train,eval,infer,sweep,export} [--config FILE] [--config.KEY=VALUE ...]``.
 
 Parses the flags, dispatches to prompt_tuning.run, and turns a user error into one ``error:``
-line on stderr with exit status 2. ``python -m prompt_tuning.train`` is ``prompt-tuning train``.
+line on stderr with exit status 2. A training run (or sweep) stopped by SIGTERM / SIGINT after
+saving a checkpoint prints one line and exits with status 75 (prompt_tuning/run/stop.py).
+``python -m prompt_tuning.train`` is ``prompt-tuning train``.
 """
 import json
 import os
@@ -51,7 +53,7 @@ def error_line(e: BaseException) -> str:
 def execute(command: str, argv) -> int:
   """Runs one verb with flags ``argv`` (``argv[0]`` is the program name); returns the exit
   status. The result is printed as JSON on stdout."""
-  from prompt_tuning.run import evaluate, infer, loop, sweep
+  from prompt_tuning.run import evaluate, infer, loop, stop, sweep
   try:
     fv = parse_flags(list(argv))
     config = fv.config
@@ -80,6 +82,9 @@ def execute(command: str, argv) -> int:
       result = export.export(config, fv.out, fv.format, fv.step, fv.allow_changed)
     else:
       raise ValueError(f"unknown command {command!r}; use train, eval, infer, sweep or export")
+  except stop.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    return stop.EXIT_PREEMPTED
   except (ValueError, KeyError, OSError, loop.TrainingError, AttributeError) as e:
     text = error_line(e)
     if isinstance(e, AttributeError):  # ml_collections: unknown config key
@@ -101,6 +106,9 @@ def main(argv=None) -> int:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     print(USAGE, file=sys.stderr)
     return 2
+  if argv[1] != "train":   # nothing resumable to save: a signal ends these at once, cleanly
+    from prompt_tuning.run import stop   # (a sweep's training runs stop as train does)
+    stop.exit_on_signal(argv[1])
   return execute(argv[1], [argv[0]] + argv[2:])
 
 

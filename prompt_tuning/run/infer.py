@@ -11,11 +11,12 @@ import jax
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
+from prompt_tuning import provenance
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import decode_by_index, label_set, rank_by_index
-from prompt_tuning.run.validate import check_drift
+from prompt_tuning.run.validate import check_stored_run
 
 
 def check_texts(texts) -> list[str]:
@@ -38,8 +39,9 @@ def infer(config, texts, step: int | None = None, allow_changed=(),
   the run's task by log-likelihood, and every label's score."""
   texts = check_texts(texts)
   start(config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
-  check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "infer")
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
+                               run_id=provenance.read_run_id(config.output_dir))
+  check_stored_run(ckpt.read_meta(step), config, allow_changed, "infer")
   exp = build(config, with_data=False)
   state, _ = ckpt.restore(exp.trainer.init_state(), step)
   ckpt.close()
