@@ -594,14 +594,15 @@ class Checkpointer:
     except (OSError, ValueError, AttributeError):
       return None
 
-  def _scan(self) -> dict[int, _Meta]:
+  def _scan(self, warn: bool = True) -> dict[int, _Meta]:
     """Steps whose meta verifies (warning once about each numeric directory whose does not)."""
     good = {}
     for step, name in sorted(self._step_dirs().items()):
       r = self._meta_or_reason(step, name)
       if isinstance(r, str):
-        self._warn_once(("meta", step, r), f"checkpoint step {step} in {self.directory} is "
-                        f"unusable ({r}); ignored")
+        if warn:
+          self._warn_once(("meta", step, r), f"checkpoint step {step} in {self.directory} is "
+                          f"unusable ({r}); ignored")
       elif step not in self._bad:
         good[step] = r
     return good
@@ -816,10 +817,10 @@ class Checkpointer:
     return CheckpointError(f"checkpoint step {step} in {self.directory} is unusable ({reason})")
 
   def _newest_first(self) -> list[int]:
-    """Usable-looking steps, newest first; raises when there are none."""
-    steps = self.all_steps()
-    if steps:
-      return steps[::-1]
+    """Usable-looking steps, newest first; raises when there are none (one error naming each
+    step and why, without a warning line per step first)."""
+    if self._scan(warn=False):
+      return self.all_steps()[::-1]
     reasons = dict(self._bad)
     for step, name in self._step_dirs().items():
       r = self._meta_or_reason(step, name)
