@@ -201,3 +201,36 @@ def test_a_reader_never_races_the_writer(tmp_path, monkeypatch, locking):
   assert w.returncode == 0, err[-2000:]
   assert len(seen) > 6   # several reads of each step, while the writer deleted it
   assert checkpoint.Checkpointer(d).latest_step() == int(out)
+
+
+def test_export_while_train_saves_every_step(tmp_path, capsys):
+  """The issue's case: `export` of a run whose `train` saves every step with max_to_keep=1
+  (orbax's `AssertionError: unreachable` before). Each export reads one whole step."""
+  import json
+  import signal
+  out = str(tmp_path / "run")
+  args = [f"--config.output_dir={out}"] + SMALL + [
+      "--config.train.num_steps=100000", "--config.train.checkpoint_every=1",
+      "--config.train.max_to_keep=1", "--config.train.log_every=1",
+      "--config.train.eval_every=100000"]
+  p = subprocess.Popen([sys.executable, "-m", "prompt_tuning.train"] + args, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+  try:
+    ck = checkpoint.Checkpointer(os.path.join(out, "checkpoints"))
+    deadline = time.time() + 300
+    while not (os.path.exists(os.path.join(out, "run_identity.json")) and ck.latest_step()):
+      assert p.poll() is None and time.time() < deadline, p.stderr.read()[-2000:]
+      time.sleep(0.05)
+    steps = []
+    for i in range(3):
+      capsys.readouterr()
+      rc = cli.execute("export", ["p"] + args + ["--format=prompt", f"--out={tmp_path}/x{i}"])
+      err = capsys.readouterr().err
+      assert rc == 0, err
+      steps.append(json.load(open(f"{tmp_path}/x{i}/prompt.json"))["step"])
+    assert steps == sorted(steps) and steps[-1] > steps[0]   # the run went on meanwhile
+  finally:
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+  assert p.returncode == 75, err[-2000:]

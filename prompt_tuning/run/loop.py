@@ -207,7 +207,8 @@ def _train(config, allow_changed, signals: StopSignals) -> dict:
       timed += 1
     s = step + 1
     stopping = signals.requested()   # multi-host: every process stops after the same step
-    save_now = stopping or s % tc.checkpoint_every == 0 or s == tc.num_steps
+    scheduled = s % tc.checkpoint_every == 0 or s == tc.num_steps
+    save_now = scheduled or stopping
     log_now = s % tc.log_every == 0 or s == tc.num_steps
     if save_now or log_now:
       # Checked before anything is logged or saved: a diverged state never reaches a checkpoint.
@@ -237,7 +238,7 @@ def _train(config, allow_changed, signals: StopSignals) -> dict:
         tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
       t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
     if save_now:
-      eval_due = s % tc.eval_every == 0 or s == tc.num_steps
+      eval_due = scheduled and (s % tc.eval_every == 0 or s == tc.num_steps)
       if eval_due and not stopping:
         evaluate_and_log(s)
       # Stopping: save first (the grace period is short); the resumed run evaluates.

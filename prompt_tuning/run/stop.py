@@ -53,8 +53,8 @@ class StopSignals:
     return self
 
   def __exit__(self, *exc):
-    for s, h in self._previous.items():
-      signal.signal(s, h)
+    for s, h in self._previous.items():   # None: a handler not set from Python (JAX's C++
+      signal.signal(s, signal.SIG_DFL if h is None else h)   # preemption notifier)
     self._previous = {}
     return False
 
