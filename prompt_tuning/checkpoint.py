@@ -30,6 +30,11 @@ raises :class:`CheckpointError` when no step is usable, and never trains from ga
 that does not match the recorded structure (another model or method) raises ``ValueError`` at
 once: that is not corruption and an older step would not help.
 
+Provenance. With a ``run_id`` (prompt_tuning/provenance.py) a step whose meta records another
+run is unusable, and each data-state header carries the step and run id it was saved for (its
+sha256 covers them): an older step's state copied into a newer step, or another run's, fails
+verification like a damaged file, and the next older step is used.
+
 Step directories. Only ``<directory>/<digits>`` directories with a readable, verified meta count
 as steps; orbax temporary directories and foreign names ("foo", "12.replaced-...") are ignored
 silently, numeric directories without a usable meta (an empty "12") with one warning line. The
