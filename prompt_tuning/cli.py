@@ -106,9 +106,8 @@ def main(argv=None) -> int:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     print(USAGE, file=sys.stderr)
     return 2
-  if argv[1] != "train":   # nothing resumable to save: a signal ends these at once, cleanly
-    from prompt_tuning.run import stop   # (a sweep's training runs stop as train does)
-    stop.exit_on_signal(argv[1])
+  from prompt_tuning.run import stop   # a signal ends the command at once, cleanly, except
+  stop.exit_on_signal(argv[1])         # while a training run can stop with a checkpoint
   return execute(argv[1], [argv[0]] + argv[2:])
 
 
