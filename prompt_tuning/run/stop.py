@@ -34,6 +34,15 @@ class Preempted(Exception):
   """Training stopped on a signal after saving a checkpoint. The message is the one line."""
 
 
+def _say(line: str):
+  """One line on stderr from a signal handler: unbuffered (the handler may interrupt the main
+  thread inside a buffered write to stderr, which must not be re-entered)."""
+  try:
+    os.write(2, (line + "\n").encode())
+  except OSError:
+    pass
+
+
 def _main_thread() -> bool:
   return threading.current_thread() is threading.main_thread()
 
@@ -61,8 +70,8 @@ class StopSignals:
   def _handle(self, signum, frame):
     if self.signum is None:
       self.signum = signum
-      print(f"{self.name} received: finishing this step and saving a checkpoint "
-            f"(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+      _say(f"{self.name} received: finishing this step and saving a checkpoint "
+           f"(Ctrl-C again aborts at once)")
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # the second Ctrl-C: abort, no traceback
 
   @property
@@ -96,9 +105,10 @@ def exit_on_signal(verb: str):
     note = " (the files written so far are incomplete)" if verb == "export" else ""
     try:
       sys.stdout.flush()
-      print(f"{name} received: {verb} stopped{note}", file=sys.stderr, flush=True)
-    finally:
-      os._exit(128 + signum)
+    except (RuntimeError, OSError, ValueError):  # interrupted inside a write to stdout
+      pass
+    _say(f"{name} received: {verb} stopped{note}")
+    os._exit(128 + signum)
 
   for s in SIGNALS:
     signal.signal(s, handle)
