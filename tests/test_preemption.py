@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from prompt_tuning import checkpoint, cli
-from prompt_tuning.run import jsonl, stop
+from prompt_tuning.run import jsonl, stop, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The default job (shipped tiny T5), small: 40 steps, a log line per step to poll, two evals.
@@ -22,10 +23,18 @@ ARGS = ["--config.method.prompt.length=8", "--config.data.num_train=64",
         "--config.train.num_steps=40", "--config.train.log_every=1",
         "--config.train.eval_every=20", "--config.train.checkpoint_every=20",
         "--config.train.eval_batch_size=16", "--config.train.max_to_keep=2"]
-ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+
+def share_compilations() -> dict:
+  """Every run here has the same shapes: JAX's persistent compilation cache (as sweeps use it)
+  lets each compile once, in this process and in the subprocesses (their environment)."""
+  sweep.share_compilations()
+  return dict(os.environ, PYTHONPATH=ROOT,
+              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
 
 
 def train_in_process(out, *extra):
+  share_compilations()
   return cli.execute("train", ["p", f"--config.output_dir={out}"] + ARGS + list(extra))
 
 
@@ -33,7 +42,7 @@ def start(verb, out, *extra, stderr=None):
   module = "prompt_tuning.train" if verb == "train" else "prompt_tuning.cli"
   argv = [sys.executable, "-m", module] + ([] if verb == "train" else [verb])
   return subprocess.Popen(argv + [f"--config.output_dir={out}"] + ARGS + list(extra), cwd=ROOT,
-                          env=ENV, stdout=subprocess.DEVNULL, text=True,
+                          env=share_compilations(), stdout=subprocess.DEVNULL, text=True,
                           stderr=stderr or subprocess.PIPE)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import checkpoint, cli, provenance
+from prompt_tuning.run import sweep
 from prompt_tuning.default_config import TINY_T5
 from prompt_tuning.trainer import TrainState
 from tests.test_cli import SMALL
@@ -33,6 +34,7 @@ def execute(capsys, verb, out, model, *args):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Two finished 6-step runs (checkpoints 2, 4, 6) on one copy of the shipped tiny T5."""
+  sweep.share_compilations()   # the same shapes throughout: each compiles once
   root = tmp_path_factory.mktemp("runs")
   model = str(root / "model")
   shutil.copytree(TINY_T5, model)
@@ -213,8 +215,12 @@ def test_export_while_train_saves_every_step(tmp_path, capsys):
       "--config.train.num_steps=100000", "--config.train.checkpoint_every=1",
       "--config.train.max_to_keep=1", "--config.train.log_every=1",
       "--config.train.eval_every=100000"]
+  sweep.share_compilations()
+  import jax
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   p = subprocess.Popen([sys.executable, "-m", "prompt_tuning.train"] + args, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+                       env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
   try:
     ck = checkpoint.Checkpointer(os.path.join(out, "checkpoints"))
