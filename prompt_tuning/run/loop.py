@@ -29,7 +29,7 @@ from prompt_tuning import methods, provenance, runlock, sharding
 from prompt_tuning.run import jsonl
 from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import evaluate_all
-from prompt_tuning.run.jsonl import append as append_jsonl   # noqa: F401 (sweep's import)
+from prompt_tuning.run.jsonl import append as append_jsonl   # sweep imports it from here
 from prompt_tuning.run.stop import Preempted, StopSignals
 from prompt_tuning.run.validate import as_json, check_stored_run
 from prompt_tuning.trainer import global_norm
