@@ -128,6 +128,8 @@ def test_a_changed_base_model_is_refused_by_every_verb(runs, tmp_path, capsys):
           f"is deliberate"], (verb, err)
     assert not os.path.exists(f"{tmp_path}/x/prompt.npy")
     assert checkpoint.Checkpointer(str(out / "checkpoints")).latest_step() == 6   # not trained
+    rc, _, err = execute(capsys, "eval", out, model, "--allow_changed=model.hf_checkpoint")
+    assert rc == 0, err   # a deliberate change of the base model
   finally:
     open(weights, "wb").write(original)
 
