@@ -30,6 +30,11 @@ raises :class:`CheckpointError` when no step is usable, and never trains from ga
 that does not match the recorded structure (another model or method) raises ``ValueError`` at
 once: that is not corruption and an older step would not help.
 
+Provenance. With a ``run_id`` (prompt_tuning/provenance.py) a step whose meta records another
+run is unusable, and each data-state header carries the step and run id it was saved for (its
+sha256 covers them): an older step's state copied into a newer step, or another run's, fails
+verification like a damaged file, and the next older step is used.
+
 Step directories. Only ``<directory>/<digits>`` directories with a readable, verified meta count
 as steps; orbax temporary directories and foreign names ("foo", "12.replaced-...") are ignored
 silently, numeric directories without a usable meta (an empty "12") with one warning line. The
@@ -53,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno as errno_lib
 import gc
 import hashlib
 import json
@@ -71,14 +77,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+try:
+  import fcntl
+except ImportError:  # not POSIX: readers rely on retrying a step that vanished
+  fcntl = None
+
 FORMAT = 1
 _INTEGRITY = "_integrity"
 # Written into orbax's per-step _CHECKPOINT_METADATA too: a meta that lost its "_integrity" key
 # (garbage) is then corruption, not a checkpoint from before integrity checks.
 _MARKER = "prompt_tuning_integrity"
 _DATA_MAGIC = b"PTDS1"
+_DATA_MAGIC_BOUND = b"PTDS2"   # + the step and run id the state belongs to
 _TMP_TAG = ".orbax-checkpoint-tmp"
 _REPLACED_TAG = ".replaced-"
+_DELETED_TAG = ".deleted-"     # a step being deleted: renamed first, so readers never see half
+_LIST_AGAIN = 20               # a reader lists the steps again at most this often
 
 
 class CheckpointError(ValueError):
@@ -240,22 +254,43 @@ def data_state_name(process_index: int, process_count: int) -> str:
   return f"process_{process_index}-of-{process_count}.bin"
 
 
-def encode_data_state(blob: bytes) -> bytes:
-  """Header line (magic, size, sha256) + blob: every file checks itself."""
+def _bound(blob: bytes, step: int | None, run_id: str | None) -> str:
+  """sha256 of a data state bound to its step and run (an older step's state copied into a
+  newer step, or another run's, no longer verifies)."""
+  prefix = b"" if step is None else b"%d %s\n" % (step, (run_id or "-").encode())
+  return hashlib.sha256(prefix + blob).hexdigest()
+
+
+def encode_data_state(blob: bytes, step: int | None = None, run_id: str | None = None) -> bytes:
+  """Header line (magic, size, sha256; with ``step``: the step and run id it belongs to, which
+  the sha256 covers) + blob: every file checks itself and says where it belongs."""
   blob = bytes(blob)
-  return b"%s %d %s\n" % (_DATA_MAGIC, len(blob), hashlib.sha256(blob).hexdigest().encode()) + blob
+  if step is None:
+    return b"%s %d %s\n" % (_DATA_MAGIC, len(blob), _bound(blob, None, None).encode()) + blob
+  return b"%s %d %s %d %s\n" % (_DATA_MAGIC_BOUND, len(blob), _bound(blob, step, run_id).encode(),
+                                 step, (run_id or "-").encode()) + blob
 
 
-def decode_data_state(raw: bytes, what: str) -> bytes:
+def decode_data_state(raw: bytes, what: str, step: int | None = None,
+                      run_id: str | None = None) -> bytes:
+  """The blob; _Corrupt when the file is damaged or (given ``step`` / ``run_id``) belongs to
+  another step or run."""
   head, sep, blob = raw.partition(b"\n")
   parts = head.split(b" ")
-  if not sep or len(parts) != 3 or parts[0] != _DATA_MAGIC or not parts[1].isdigit():
+  bound = parts[0] == _DATA_MAGIC_BOUND and len(parts) == 5 and parts[3].isdigit()
+  if not sep or not (bound or (parts[0] == _DATA_MAGIC and len(parts) == 3)) \
+      or not parts[1].isdigit():
     raise _Corrupt(f"{what}: no valid header")
   if len(blob) != int(parts[1]):
     raise _Corrupt(f"{what}: {len(blob)} bytes, expected {int(parts[1])}"
                    + (" (truncated)" if len(blob) < int(parts[1]) else ""))
-  if hashlib.sha256(blob).hexdigest().encode() != parts[2]:
+  at, rid = (int(parts[3]), parts[4].decode("ascii", "replace")) if bound else (None, None)
+  if _bound(blob, at, None if rid == "-" else rid).encode() != parts[2]:
     raise _Corrupt(f"{what}: checksum mismatch")
+  if bound and step is not None and at != step:
+    raise _Corrupt(f"{what}: holds the data-iterator state of step {at}, not of step {step}")
+  if bound and run_id and rid not in ("-", run_id):
+    raise _Corrupt(f"{what}: holds the data-iterator state of another run ({rid[:12]})")
   return blob
 
 
@@ -269,24 +304,28 @@ class DataStateHandler(ocp.CheckpointHandler):
   def save(self, directory, args: "DataStateSave"):
     path = os.path.join(os.fspath(directory), data_state_name(self.process_index,
                                                               self.process_count))
-    _write_file(path, encode_data_state(args.blob))
+    _write_file(path, encode_data_state(args.blob, args.step, args.run_id))
 
   def restore(self, directory, args: "DataStateRestore | None" = None) -> bytes:
     name = data_state_name(self.process_index, self.process_count)
     with open(os.path.join(os.fspath(directory), name), "rb") as f:
-      return decode_data_state(f.read(), f"data_state/{name}")
+      return decode_data_state(f.read(), f"data_state/{name}", args and args.step,
+                               args and args.run_id)
 
 
 @ocp.args.register_with_handler(DataStateHandler, for_save=True)
 @dataclasses.dataclass
 class DataStateSave(ocp.args.CheckpointArgs):
   blob: bytes
+  step: int | None = None       # the step and run the state belongs to (bound into its header)
+  run_id: str | None = None
 
 
 @ocp.args.register_with_handler(DataStateHandler, for_restore=True)
 @dataclasses.dataclass
 class DataStateRestore(ocp.args.CheckpointArgs):
-  pass
+  step: int | None = None       # expected step and run (None: not checked)
+  run_id: str | None = None
 
 
 def _write_file(path: str, data: bytes):
@@ -440,12 +479,21 @@ class Checkpointer:
   """Saves / restores ``TrainState`` (trainable part only) under ``directory``.
 
   ``process_index`` / ``process_count`` default to jax's; they choose which data-state file
-  this process writes and reads (tests pass them to simulate processes)."""
+  this process writes and reads (tests pass them to simulate processes). ``run_id``: the run
+  these checkpoints belong to (prompt_tuning/provenance.py): a step recording another run id is
+  unusable, and saved data states are bound to it; None checks nothing.
+
+  Readers and the writer. :meth:`restore` holds a shared flock on the checkpoint directory
+  while it picks and reads a step, and the writer deletes old steps only under an exclusive one
+  (non-blocking: while a reader reads, deleting waits for a later save). A step is deleted by
+  renaming it first, so a reader sees a whole step or none; where flock is unavailable, a
+  reader whose step vanished lists the steps again."""
 
   def __init__(self, directory: str, max_to_keep: int | None = 3, keep_best: bool = False,
                best_metric: str = "perplexity", *, process_index: int | None = None,
-               process_count: int | None = None):
+               process_count: int | None = None, run_id: str | None = None):
     self.directory = os.path.abspath(directory)
+    self.run_id = run_id
     self.max_to_keep, self.keep_best, self.best_metric = max_to_keep, keep_best, best_metric
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
@@ -459,6 +507,11 @@ class Checkpointer:
     self._bad: dict[int, str] = {}     # step -> reason (failed verification in this process)
     self._warned: set = set()
     self._meta_cache: dict[int, tuple[tuple, _Meta | str]] = {}
+
+  def bind_run(self, run_id: str | None):
+    """Checks the steps against ``run_id`` from now on (see ``run_id`` above)."""
+    self.run_id = run_id
+    self._meta_cache.clear()
 
   # ---------------------------------------------------------------------------- listing
   def _path(self, step: int) -> str:
@@ -530,6 +583,10 @@ class Checkpointer:
                      f"version reads ({FORMAT})")
     if stored.get("step") != step:
       raise _Corrupt(f"meta/metadata is for step {stored.get('step')}")
+    theirs = stored.get("run_id")
+    if self.run_id and theirs is not None and theirs != self.run_id:
+      raise _Corrupt(f"it belongs to another run (run id {str(theirs)[:12]}; this run's is "
+                     f"{self.run_id[:12]})")
     return _Meta(stored, integ)
 
   @staticmethod
@@ -542,17 +599,28 @@ class Checkpointer:
     except (OSError, ValueError, AttributeError):
       return None
 
-  def _scan(self) -> dict[int, _Meta]:
+  def _scan(self, warn: bool = True) -> dict[int, _Meta]:
     """Steps whose meta verifies (warning once about each numeric directory whose does not)."""
     good = {}
     for step, name in sorted(self._step_dirs().items()):
       r = self._meta_or_reason(step, name)
       if isinstance(r, str):
-        self._warn_once(("meta", step, r), f"checkpoint step {step} in {self.directory} is "
-                        f"unusable ({r}); ignored")
+        if warn:
+          self._warn_once(("meta", step, r), f"checkpoint step {step} in {self.directory} is "
+                          f"unusable ({r}); ignored")
       elif step not in self._bad:
         good[step] = r
     return good
+
+  def stored_steps(self) -> list[int]:
+    """Every step directory with something in it, usable or not: what starting the run over
+    would overwrite (training refuses to while there are any)."""
+    out = []
+    for step, name in sorted(self._step_dirs().items()):
+      with contextlib.suppress(OSError):
+        if os.listdir(os.path.join(self.directory, name)):
+          out.append(step)
+    return out
 
   def all_steps(self) -> list[int]:
     """Steps with a verified meta (ascending), minus steps whose arrays failed verification in
@@ -605,7 +673,7 @@ class Checkpointer:
     aside = None
     args = {"state": ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(stored)}
     if data_state is not None:
-      args["data_state"] = DataStateSave(bytes(data_state))
+      args["data_state"] = DataStateSave(bytes(data_state), step, self.run_id)
     try:
       with _orbax_logs_held():
         if primary:
@@ -670,12 +738,20 @@ class Checkpointer:
 
   def _collect_garbage(self):
     """Keeps ``max_to_keep`` steps (the newest, or with ``keep_best`` the best plus the
-    newest); only process 0 deletes."""
+    newest); only process 0 deletes, and only while no reader holds the readers' lock."""
     if jax.process_index() == 0:
-      # Leftovers of a replacement interrupted by a crash.
       for n in os.listdir(self.directory):
-        if _REPLACED_TAG in n and n.split(".")[0].isdigit():
+        head = n.split(".")[0]
+        if not head.isdigit():
+          continue
+        if _DELETED_TAG in n:    # a deletion interrupted by a crash
           shutil.rmtree(os.path.join(self.directory, n), ignore_errors=True)
+        elif _REPLACED_TAG in n:  # a replacement interrupted by a crash: keep the old step
+          if os.path.lexists(self._path(int(head))):   # ... unless the new one was completed
+            shutil.rmtree(os.path.join(self.directory, n), ignore_errors=True)
+          else:
+            with contextlib.suppress(OSError):
+              os.rename(os.path.join(self.directory, n), self._path(int(head)))
       if self.max_to_keep is not None:
         metas = self._scan()
         steps = sorted(metas)
@@ -686,11 +762,48 @@ class Checkpointer:
           keep = set(sorted(steps, key=score)[:self.max_to_keep]) | set(steps[-1:])
         else:
           keep = set(steps[-self.max_to_keep:]) if self.max_to_keep > 0 else set()
-        for s in steps:
-          if s not in keep:
-            shutil.rmtree(self._path(s), ignore_errors=True)
-            self._meta_cache.pop(s, None)
+        doomed = [s for s in steps if s not in keep]
+        fd = self._lock_readers(exclusive=True) if doomed else None
+        if fd is not False:   # False: a reader is reading; these steps go at a later save
+          try:
+            for s in doomed:
+              gone = f"{self._path(s)}{_DELETED_TAG}{uuid.uuid4().hex[:8]}"
+              with contextlib.suppress(OSError):
+                os.rename(self._path(s), gone)
+                shutil.rmtree(gone, ignore_errors=True)
+              self._meta_cache.pop(s, None)
+          finally:
+            if fd is not None:
+              os.close(fd)
     _sync("prompt_tuning.checkpoint:gc")
+
+  def _lock_readers(self, exclusive: bool):
+    """flock on the checkpoint directory itself: the fd; None where that is unavailable (no
+    flock, or a filesystem that cannot lock directories, e.g. NFS); False when ``exclusive`` and
+    a reader holds it (never blocks)."""
+    if fcntl is None:
+      return None
+    try:
+      fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+      return None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+      return fd
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno_lib.EWOULDBLOCK, errno_lib.EAGAIN, errno_lib.EACCES):
+        return False
+      return None   # ENOLCK, EBADF, EOPNOTSUPP ...: the readers rely on listing again
+
+  @contextlib.contextmanager
+  def _reading(self):
+    fd = self._lock_readers(exclusive=False)
+    try:
+      yield
+    finally:
+      if fd:
+        os.close(fd)
 
   # ---------------------------------------------------------------------------- read
   def _meta_for(self, step: int) -> _Meta:
@@ -709,10 +822,10 @@ class Checkpointer:
     return CheckpointError(f"checkpoint step {step} in {self.directory} is unusable ({reason})")
 
   def _newest_first(self) -> list[int]:
-    """Usable-looking steps, newest first; raises when there are none."""
-    steps = self.all_steps()
-    if steps:
-      return steps[::-1]
+    """Usable-looking steps, newest first; raises when there are none (one error naming each
+    step and why, without a warning line per step first)."""
+    if self._scan(warn=False):
+      return self.all_steps()[::-1]
     reasons = dict(self._bad)
     for step, name in self._step_dirs().items():
       r = self._meta_or_reason(step, name)
@@ -726,13 +839,20 @@ class Checkpointer:
   def read_meta(self, step: int | None = None) -> dict:
     """The caller's meta (plus "step") of ``step`` (default: the newest step whose meta
     verifies). Only the meta is verified here; arrays are verified by :meth:`restore`."""
-    step = self._newest_first()[0] if step is None else step
-    try:
-      m = self._meta_for(step)
-    except _Corrupt as e:
-      raise self._unusable(step, e) from None
-    self._warn_legacy(m)
-    return copy.deepcopy(m.user)
+    for _ in range(_LIST_AGAIN):
+      at = self._newest_first()[0] if step is None else step
+      try:
+        m = self._meta_for(at)
+      except _Corrupt as e:
+        raise self._unusable(at, e) from None
+      except FileNotFoundError:
+        if step is None:
+          continue   # deleted by a writer since it was listed: list again
+        raise
+      self._warn_legacy(m)
+      return copy.deepcopy(m.user)
+    raise CheckpointError(f"could not read a checkpoint in {self.directory}: its steps were "
+                          f"deleted while being read, {_LIST_AGAIN} times")
 
   def _warn_legacy(self, m: _Meta):
     if m.integrity is None:
@@ -749,28 +869,40 @@ class Checkpointer:
     ``step``, that step or a :class:`CheckpointError`."""
     tmpl = {"step": np.asarray(0, np.int32), "params": to_nested(template_state.params),
             "opt_state": to_nested(template_state.opt_state)}
-    candidates = self._newest_first() if step is None else [step]
-    for s in candidates:
-      try:
-        m = self._meta_for(s)
-        raw, blob = self._restore_verified(s, m, tmpl, with_data_state)
-      except _Corrupt as e:
-        self._bad[s] = str(e)
-        if step is not None:
-          raise self._unusable(s, e) from None
-        rest = self.all_steps()
-        _warn(f"checkpoint step {s} in {self.directory} is unusable ({e}); "
-              + (f"falling back to step {rest[-1]}" if rest else "no earlier checkpoint"))
-        continue
-      params = from_nested(template_state.params, raw["params"], f"checkpoint step {s}")
-      opt_state = from_nested(template_state.opt_state, raw["opt_state"],
-                              f"checkpoint step {s}")
-      state = type(template_state)(step=jnp.asarray(raw["step"], jnp.int32), params=params,
-                                   opt_state=opt_state)
-      meta = copy.deepcopy(m.user)
-      return (state, meta, blob) if with_data_state else (state, meta)
-    self._newest_first()  # every candidate failed: raises, naming each step and why
-    raise AssertionError("unreachable")
+    with self._reading():
+      for _ in range(_LIST_AGAIN):
+        for s in self._newest_first() if step is None else [step]:
+          try:
+            m = self._meta_for(s)
+            raw, blob = self._restore_verified(s, m, tmpl, with_data_state)
+          except (_Corrupt, FileNotFoundError) as e:
+            if not os.path.isdir(self._path(s)) and (step is None or isinstance(e, _Corrupt)):
+              # Deleted while we read it (by the run writing here, where flock is unavailable).
+              if step is not None:
+                raise CheckpointError(f"checkpoint step {s} in {self.directory} was deleted "
+                                      f"while being read (the run writing there keeps only its "
+                                      f"newest steps); read a newer step") from None
+              break   # list the steps again
+            if isinstance(e, FileNotFoundError):
+              raise
+            self._bad[s] = str(e)
+            if step is not None:
+              raise self._unusable(s, e) from None
+            rest = self.all_steps()
+            _warn(f"checkpoint step {s} in {self.directory} is unusable ({e}); "
+                  + (f"falling back to step {rest[-1]}" if rest else "no earlier checkpoint"))
+            continue
+          params = from_nested(template_state.params, raw["params"], f"checkpoint step {s}")
+          opt_state = from_nested(template_state.opt_state, raw["opt_state"],
+                                  f"checkpoint step {s}")
+          state = type(template_state)(step=jnp.asarray(raw["step"], jnp.int32), params=params,
+                                       opt_state=opt_state)
+          meta = copy.deepcopy(m.user)
+          return (state, meta, blob) if with_data_state else (state, meta)
+        # Every listed step failed or one vanished: list again (a writer may have saved a newer
+        # step meanwhile); _newest_first raises, naming each step and why, when none is left.
+    raise CheckpointError(f"could not read a checkpoint in {self.directory}: its steps were "
+                          f"deleted while being read, {_LIST_AGAIN} times")
 
   def read_params(self, step: int | None = None) -> dict:
     """The trainable params of ``step`` (default: the newest usable step, falling back as
@@ -857,7 +989,7 @@ class Checkpointer:
             f"{what} holds data-iterator states of {ds.get('process_count')} processes; this "
             f"run has {self.process_count}, so they cannot be restored")
       try:
-        blob = self._handler_restore_data_state(d)
+        blob = self._handler_restore_data_state(d, step)
       except _Corrupt as e:
         err = str(e)
       except OSError as e:
@@ -874,9 +1006,9 @@ class Checkpointer:
         epath.Path(d), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree)))
     return out["state"]
 
-  def _handler_restore_data_state(self, d: str) -> bytes:
+  def _handler_restore_data_state(self, d: str, step: int) -> bytes:
     h = DataStateHandler(self.process_index, self.process_count)
-    return h.restore(os.path.join(d, "data_state"))
+    return h.restore(os.path.join(d, "data_state"), DataStateRestore(step, self.run_id))
 
   def close(self):
     self._ckptr.close()

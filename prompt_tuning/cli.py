@@ -2,7 +2,9 @@
 
 Parses the flags, dispatches to prompt_tuning.run, and turns a user error into one ``error:``
 line on stderr with exit status 2. ``prompt-tuning --help`` lists the verbs, ``prompt-tuning
-VERB --help`` a verb's flags and every config key with its default and comment.
+VERB --help`` a verb's flags and every config key with its default and comment. A training
+run (or sweep) stopped by SIGTERM / SIGINT after saving a checkpoint prints one line and exits
+with status 75 (prompt_tuning/run/stop.py).
 ``python -m prompt_tuning.train`` is ``prompt-tuning train``.
 """
 import copy
@@ -229,7 +231,7 @@ def error_line(e: BaseException) -> str:
 def execute(command: str, argv) -> int:
   """Runs one verb with flags ``argv`` (``argv[0]`` is the program name); returns the exit
   status. The result is printed as JSON on stdout (a sweep prints its table)."""
-  from prompt_tuning.run import loop
+  from prompt_tuning.run import loop, stop
   argv = list(argv)
   try:
     if command not in VERBS:
@@ -240,6 +242,9 @@ def execute(command: str, argv) -> int:
       return 0
     fv, config, config_file = parse(command, argv)
     result = dispatch(command, fv, config, config_file)
+  except stop.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    return stop.EXIT_PREEMPTED
   except ConfigError as e:
     print(f"error: {error_line(e)}", file=sys.stderr)
     return 2
@@ -319,6 +324,8 @@ def main(argv=None) -> int:
     print(f"error: unknown command {argv[1]!r}; use one of {', '.join(VERBS)}"
           + (f" (did you mean {near[0]}?)" if near else ""), file=sys.stderr)
     return 2
+  from prompt_tuning.run import stop   # a signal ends the command at once, cleanly, except
+  stop.exit_on_signal(argv[1])         # while a training run can stop with a checkpoint
   return execute(argv[1], [argv[0]] + argv[2:])
 
 

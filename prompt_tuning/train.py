@@ -13,4 +13,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from prompt_tuning.run import stop
+  stop.exit_on_signal("train")   # until the training loop takes over the signals
   sys.exit(main())

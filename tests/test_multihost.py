@@ -113,3 +113,34 @@ def test_two_processes_match_one(tmp_path):
   inf2 = run_two("infer", two, INPUTS)
   inf1 = run_single("infer", one, INPUTS)
   assert inf2[0]["outputs"] == inf2[1]["outputs"] == inf1["outputs"] and len(inf1["outputs"]) == 3
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_every_host_after_the_same_step(tmp_path):
+  """Preemption reaches one host: both processes stop after the same step (agreed after every
+  step), save it with both data-iterator states, and exit 75."""
+  import signal
+  import time
+  out = str(tmp_path / "run")
+  port = _port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "prompt_tuning.cli", "train", f"--config.output_dir={out}",
+       f"--config.mesh.coordinator_address=127.0.0.1:{port}", "--config.mesh.num_processes=2",
+       f"--config.mesh.process_id={i}", "--config.train.num_steps=100000",
+       "--config.train.record_batches=False"] + COMMON, cwd=ROOT, env=_env(2),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  log = os.path.join(out, "metrics.jsonl")
+  deadline = time.time() + 600
+  while not (os.path.exists(log) and sum(1 for _ in open(log)) >= 3):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [75, 75], errs
+  last = [e.strip().splitlines()[-1] for e in errs]
+  assert last[0] == last[1] and last[0].startswith("stopped by SIGTERM after step ")
+  step = int(last[0].split("after step ")[1].split(":")[0])
+  assert "SIGTERM received" in errs[1] and "SIGTERM received" not in errs[0]
+  states = os.listdir(os.path.join(out, "checkpoints", str(step), "data_state"))
+  assert sorted(n for n in states if n.endswith(".bin")) == ["process_0-of-2.bin",
+                                                             "process_1-of-2.bin"]

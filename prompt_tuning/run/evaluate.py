@@ -10,10 +10,10 @@ import os
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning import events, metrics, sharding
+from prompt_tuning import events, metrics, provenance, sharding
 from prompt_tuning.data import files, synthetic
 from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
-from prompt_tuning.run.validate import check_drift
+from prompt_tuning.run.validate import check_stored_run
 
 
 def label_set(name: str) -> tuple[str, ...]:
@@ -129,8 +129,9 @@ def evaluate_all(exp, params) -> dict:
 def evaluate(config, step: int | None = None, allow_changed=()) -> dict:
   """Metrics of the checkpoint at ``step`` (default: latest) in ``config.output_dir``."""
   start(config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
-  check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "evaluate")
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
+                               run_id=provenance.read_run_id(config.output_dir))
+  check_stored_run(ckpt.read_meta(step), config, allow_changed, "evaluate")
   exp = build(config)
   state, _ = ckpt.restore(exp.trainer.init_state(), step)
   ckpt.close()

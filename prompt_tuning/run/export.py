@@ -18,9 +18,9 @@ import os
 from flax import nnx
 
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning import interop, methods
+from prompt_tuning import interop, methods, provenance
 from prompt_tuning.run.build import build, build_model, model_reference, start
-from prompt_tuning.run.validate import check_drift
+from prompt_tuning.run.validate import check_stored_run
 
 FORMATS = ("peft", "hf", "prompt")
 
@@ -38,12 +38,13 @@ def export(config, out_dir: str, fmt: str, step: int | None = None, allow_change
   if "prompt" in config.method and "init_from_run" in config.method.prompt:
     config.method.prompt.init_from_run = ""   # likewise the run it started from
   exp = build(config, with_data=False)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
+                               run_id=provenance.read_run_id(config.output_dir))
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory} to export")
-    check_drift(ckpt.read_meta(step).get("config", {}), config,
-                tuple(allow_changed) + ("method.init_from",), "export")
+    check_stored_run(ckpt.read_meta(step), config,
+                     tuple(allow_changed) + ("method.init_from",), "export")
     ref = json.loads(json.dumps(model_reference(config)))
     state, _ = ckpt.restore(exp.trainer.init_state(), step)
   finally:

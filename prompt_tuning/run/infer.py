@@ -12,13 +12,13 @@ import jax
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning import events, sharding
+from prompt_tuning import events, provenance, sharding
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data import files
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import decode_by_index, label_set, rank_by_index, run_labels
-from prompt_tuning.run.validate import check_drift
+from prompt_tuning.run.validate import check_stored_run
 
 
 def check_texts(texts) -> list[str]:
@@ -38,9 +38,10 @@ def check_texts(texts) -> list[str]:
 def restore(config, step: int | None = None, allow_changed=()):
   """(Experiment without data, the run's trained params at ``step``, that step)."""
   start(config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
+                               run_id=provenance.read_run_id(config.output_dir))
   try:
-    check_drift(ckpt.read_meta(step).get("config", {}), config, allow_changed, "infer")
+    check_stored_run(ckpt.read_meta(step), config, allow_changed, "infer")
     exp = build(config, with_data=False)
     state, _ = ckpt.restore(exp.trainer.init_state(), step)
   finally:

@@ -4,6 +4,13 @@ MFU), guard against non-finite and diverging runs, evaluate, keep the best check
 Multi-host: every process runs this loop on its own rows; only process 0 writes metrics,
 TensorBoard events and the progress line. Checkpoints are written by all processes (orbax),
 each with its own data-iterator state.
+
+Stopping and resuming: SIGTERM / SIGINT stop the run after the current step with a checkpoint
+(prompt_tuning/run/stop.py); an evaluation due at that step is left to the resumed run. A run
+directory with step directories is always resumed, never started over (no usable step: one
+error). Each checkpoint records the run's id and the frozen model's files
+(prompt_tuning/provenance.py), checked on resume; ``metrics.jsonl`` is cut back to the resumed
+step, so each step is logged once.
 """
 from __future__ import annotations
 
@@ -18,10 +25,13 @@ import numpy as np
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events as events_lib
 from prompt_tuning import flops as flops_lib
-from prompt_tuning import methods, runlock, sharding
+from prompt_tuning import methods, provenance, runlock, sharding
+from prompt_tuning.run import jsonl
 from prompt_tuning.run.build import build, model_reference, start
 from prompt_tuning.run.evaluate import evaluate_all
-from prompt_tuning.run.validate import as_json, check_drift
+from prompt_tuning.run.jsonl import append as append_jsonl   # sweep imports it from here
+from prompt_tuning.run.stop import Preempted, StopSignals
+from prompt_tuning.run.validate import as_json, check_stored_run
 from prompt_tuning.trainer import global_norm
 
 
@@ -29,15 +39,12 @@ class TrainingError(RuntimeError):
   pass
 
 
-def append_jsonl(path: str, record: dict):
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
-def run_meta(exp) -> dict:
-  """What every checkpoint records about its run (JSON data)."""
-  return json.loads(json.dumps({"method": methods.describe(exp.method),
+def run_meta(exp, run_id: str) -> dict:
+  """What every checkpoint records about its run (JSON data): the run's id, the method, the
+  frozen model by reference and by content, the config."""
+  return json.loads(json.dumps({"run_id": run_id, "method": methods.describe(exp.method),
                                 "model": model_reference(exp.config),
+                                "model_files": provenance.model_fingerprint(exp.config),
                                 "config": as_json(exp.config)}))
 
 
@@ -92,31 +99,51 @@ def train(config, allow_changed=()) -> dict:
   """Runs (or resumes) training; returns the final evaluation metrics. Holds output_dir's run
   lock throughout: a second run writing the same output_dir is refused."""
   start(config)
-  with runlock.RunLock(config.output_dir):
-    return _train(config, allow_changed)
+  with runlock.RunLock(config.output_dir), StopSignals() as signals:
+    return _train(config, allow_changed, signals)
 
 
-def _train(config, allow_changed) -> dict:
+def resume(exp, ckpt, allow_changed):
+  """(state, its meta) of the newest usable step, the data iterator moved there. Raises when
+  no step is usable: starting over would overwrite steps that may still be recoverable."""
+  config = exp.config
+  try:
+    stored = ckpt.read_meta()
+    check_stored_run(stored, config, allow_changed, "resume")
+    state, stored, data_state = ckpt.restore(exp.trainer.init_state(), with_data_state=True)
+  except ckpt_lib.CheckpointError as e:
+    raise ckpt_lib.CheckpointError(
+        f"{e}. Not starting the run over, which would overwrite these steps: repair or move "
+        f"{ckpt.directory} away, or use another output_dir") from None
+  restore_data_state(exp.train_it, data_state, int(state.step), allow_changed)
+  return state, stored
+
+
+def _train(config, allow_changed, signals: StopSignals) -> dict:
   exp = build(config)
   trainer, tc = exp.trainer, config.train
   main = sharding.is_main_process()
   os.makedirs(config.output_dir, exist_ok=True)
   log_path = os.path.join(config.output_dir, "metrics.jsonl")
-  meta = run_meta(exp)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
                                max_to_keep=tc.max_to_keep)
+  newest = lambda: ckpt.read_meta() if ckpt.latest_step() is not None else None
+  run_id = provenance.ensure_run_id(config.output_dir, newest)
+  ckpt.bind_run(run_id)
+  meta = run_meta(exp, run_id)
   # The checkpoint with the lowest perplexity on the training task's dev split.
-  best = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "best"), max_to_keep=1)
+  best = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "best"), max_to_keep=1,
+                               run_id=run_id)
   best_ppl = best.read_meta().get("dev_perplexity", math.inf) \
       if best.latest_step() is not None else math.inf
   main_task = next(iter(exp.eval_sets))
-  state = trainer.init_state()
-  if ckpt.latest_step() is not None:
-    check_drift(ckpt.read_meta().get("config", {}), config, allow_changed, "resume")
-    state, _, data_state = ckpt.restore(state, with_data_state=True)
-    restore_data_state(exp.train_it, data_state, int(state.step), allow_changed)
+  state, stored = trainer.init_state(), {}
+  if ckpt.stored_steps():
+    state, stored = resume(exp, ckpt, allow_changed)
     if main:
       print(f"resumed from step {int(state.step)}", flush=True)
+  if main:   # the steps after the resumed one are trained (and logged) again
+    jsonl.keep_through(log_path, int(state.step), drop_eval_at_step=stored.get("eval_pending"))
   if main:
     print(f"method={trainer.method.name} trainable={trainer.num_trainable:,} "
           f"frozen={trainer.num_frozen:,} devices={jax.device_count()} "
@@ -137,6 +164,31 @@ def _train(config, allow_changed) -> dict:
     raise TrainingError(f"{reason}; stopped. Last good checkpoint: "
                         f"{'none' if last is None else f'step {last}'} in {ckpt.directory}")
 
+  def preempted(s: int, note: str = ""):
+    if tb is not None:
+      tb.close()
+    ckpt.close()
+    best.close()
+    raise Preempted(f"stopped by {signals.name} after step {s}{note}: checkpoint saved in "
+                    f"{ckpt.directory}; run the same command again to resume from step {s}")
+
+  def evaluate_and_log(s: int):
+    nonlocal best_ppl
+    metrics = evaluate_all(exp, state.params)
+    if main:
+      append_jsonl(log_path, {"step": s, "eval": metrics})
+      tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+      bar.log(f"eval step {s}: " + "; ".join(
+          f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+          for t, m in metrics.items()))
+    ppl = metrics[main_task]["perplexity"]
+    if ppl < best_ppl:
+      best_ppl = ppl
+      best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
+
+  if stored.get("eval_pending"):   # stopped at an evaluation step before evaluating it
+    evaluate_and_log(start)
+
   for step in range(start, tc.num_steps):
     batch = next(exp.train_it)
     if tc.record_batches:  # debugging / tests: this host's rows of every step
@@ -154,7 +206,9 @@ def _train(config, allow_changed) -> dict:
       timed += 1
     s = step + 1
     bar.update(s)
-    save_now = s % tc.checkpoint_every == 0 or s == tc.num_steps
+    stopping = signals.requested()   # multi-host: every process stops after the same step
+    scheduled = s % tc.checkpoint_every == 0 or s == tc.num_steps
+    save_now = scheduled or stopping
     log_now = s % tc.log_every == 0 or s == tc.num_steps
     if save_now or log_now:
       # Checked before anything is logged or saved: a diverged state never reaches a checkpoint.
@@ -182,21 +236,19 @@ def _train(config, allow_changed) -> dict:
         tb.scalars(s, {f"train/{k}": v for k, v in rec.items() if k != "step"})
       t0, tokens, step_flops, timed = time.time(), 0, 0.0, 0
     if save_now:
-      if s % tc.eval_every == 0 or s == tc.num_steps:
-        metrics = evaluate_all(exp, state.params)
-        if main:
-          append_jsonl(log_path, {"step": s, "eval": metrics})
-          tb.scalars(s, {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
-          bar.log(f"eval step {s}: " + "; ".join(
-              f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
-              for t, m in metrics.items()))
-        ppl = metrics[main_task]["perplexity"]
-        if ppl < best_ppl:
-          best_ppl = ppl
-          best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
-      ckpt.save(state, meta, data_state=exp.train_it.get_state())
+      eval_due = scheduled and (s % tc.eval_every == 0 or s == tc.num_steps)
+      if eval_due and not stopping:
+        evaluate_and_log(s)
+      # Stopping: save first (the grace period is short); the resumed run evaluates.
+      ckpt.save(state, dict(meta, eval_pending=True) if eval_due and stopping else meta,
+                data_state=exp.train_it.get_state())
       t0 = time.time()   # evaluation and saving are not training time
+    if stopping:
+      bar.close()
+      preempted(s)
   bar.close()
+  if signals.requested():   # during the last step's evaluation or saving: all steps are saved
+    preempted(tc.num_steps, " (all steps done; the final evaluation was not run)")
   if tb is not None:
     tb.close()
   final = evaluate_all(exp, state.params)

@@ -4,7 +4,8 @@
 line that says what to do, never a traceback from deep inside a step.
 
 :func:`check_drift` compares the config a run's checkpoints were made with against the current
-one (resuming ``train``, ``eval``, ``infer``). Keys that change the model, the data or the
+one (resuming ``train``, ``eval``, ``infer``, ``export``; :func:`check_stored_run` adds the
+frozen model's files, prompt_tuning/provenance.py). Keys that change the model, the data or the
 optimisation are refused, each listed as ``key: old -> new``; keys in :data:`SAFE_TO_CHANGE`
 (run length, logging, evaluation, compute layout) may differ. ``allow_changed`` names keys
 changed on purpose (``"all"`` accepts any).
@@ -160,3 +161,11 @@ def check_drift(stored: dict, current, allow_changed=(), what: str = "resume"):
                      f"config ({changes}). Use the run's own config, a new output_dir, or pass "
                      f"--allow_changed={','.join(k for k, _, _ in bad)} if the change is "
                      f"deliberate")
+
+
+def check_stored_run(meta: dict, current, allow_changed=(), what: str = "resume"):
+  """What a stored checkpoint's ``meta`` was made with against this call: the config
+  (:func:`check_drift`), then the frozen model's files."""
+  from prompt_tuning import provenance
+  check_drift(meta.get("config", {}), current, allow_changed, what)
+  provenance.check_model(meta, current, allow_changed, what)
