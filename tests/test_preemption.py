@@ -163,7 +163,8 @@ def _catches_sigterm(pid) -> bool:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_ctrl_c_during_eval_is_one_line_and_no_crash(uninterrupted, tmp_path):
-  p = start("eval", uninterrupted)
+  # 20,000 dev examples (about a minute of decoding): the signal surely lands before the end
+  p = start("eval", uninterrupted, "--config.data.num_eval=20000")
   wait_for(lambda: _catches_sigterm(p.pid), p)   # the CLI has installed its handlers
   time.sleep(3)   # into building, compiling or evaluating
   p.send_signal(signal.SIGINT)
