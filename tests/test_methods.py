@@ -32,7 +32,8 @@ def test_registry_and_config_sections():
   assert d["prompt"]["length"] == 100 and d["prompt"]["init"] == "vocab"
   assert d["lora"]["rank"] == 4 and d["full"] == {}
   assert methods.describe(methods.make("lora", rank=8, seed=3)) == {
-      "name": "lora", "seed": 3, "rank": 8, "alpha": 8.0, "targets": ("q", "k", "v", "o", "mlp")}
+      "name": "lora", "seed": 3, "rank": 8, "alpha": 8.0, "targets": ("q", "k", "v", "o", "mlp"),
+      "paths": (), "rslora": False}
 
 
 @pytest.mark.parametrize("name,kw,msg", [

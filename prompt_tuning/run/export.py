@@ -35,8 +35,9 @@ def export(config, out_dir: str, fmt: str, step: int | None = None, allow_change
   config = copy.deepcopy(config)
   if "init_from" in config.method:
     config.method.init_from = ""   # the checkpoint holds the state; the start file may be gone
-  if "prompt" in config.method and "init_from_run" in config.method.prompt:
-    config.method.prompt.init_from_run = ""   # likewise the run it started from
+  for section in config.method.values():   # likewise a run it started from (prompt transfer)
+    if hasattr(section, "keys") and "init_from_run" in section:
+      section.init_from_run = ""
   exp = build(config, with_data=False)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"))
   try:
