@@ -44,6 +44,8 @@ def test_registry_and_config_sections():
     ("prompt", dict(init="class_labels"), "needs class_labels"),
     ("lora", dict(targets=("qq",)), "unknown lora targets"),
     ("lora", dict(rank=0), "rank must be positive"),
+    ("dora", dict(targets=("qq",)), "unknown dora targets"),
+    ("pissa", dict(rank=0), "pissa rank must be positive"),
     ("layers", {}, "needs paths"),
 ])
 def test_bad_method_config(name, kw, msg):
@@ -129,6 +131,21 @@ def test_lora_target_subset():
   roles = {mod.role for _, mod in nnx.iter_modules(m)
            if isinstance(mod, core.Dense) and mod.adapter is not None}
   assert roles == {"mlp_in", "mlp_out"}
+
+
+def test_lora_targets_by_path_and_role():
+  """Paths narrow the roles to places (the adapter plumbing shared with ia3 and mask)."""
+  m = tiny_model("tiny-bart")
+  methods.attach(m, methods.make("lora", targets=("q", "v"), paths=("decoder.layers.1",
+                                                                    "encoder.layers.0.attn")))
+  got = sorted(".".join(map(str, p)) for p, mod in nnx.iter_modules(m)
+               if isinstance(mod, core.Dense) and mod.adapter is not None)
+  assert got == ["decoder.layers.1.attn.q", "decoder.layers.1.attn.v",
+                 "decoder.layers.1.cross_attn.q", "decoder.layers.1.cross_attn.v",
+                 "encoder.layers.0.attn.q", "encoder.layers.0.attn.v"], got
+  with pytest.raises(ValueError, match="lora path 'decoder.layers.9' matches no q/v projection"):
+    methods.attach(tiny_model("tiny-bart"), methods.make("lora", targets=("q", "v"),
+                                                         paths=("decoder.layers.9",)))
 
 
 @pytest.mark.parametrize("preset", FAMILIES)
