@@ -16,9 +16,8 @@ by role and by path), :func:`select` and :class:`AdapterMethod` (the attach loop
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Sequence
-
 import re
+from typing import Callable, ClassVar, Sequence
 
 import jax
 import numpy as np

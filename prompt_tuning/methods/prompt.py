@@ -247,10 +247,11 @@ class Prompt(Method):
   peft_type = "PROMPT_TUNING"
 
   def to_peft(self, model, cfg):
-    if cfg.tasks or (cfg.placement, cfg.scope) != ("prefix", "encoder"):
+    layout, per_task = model.prompt_layout, model.task_prompts is not None   # the model's own
+    if per_task or (layout.placement, layout.scope) != ("prefix", "encoder"):
       raise ValueError(f"a PEFT prompt-tuning adapter holds one prompt prepended to the encoder "
-                       f"input; this one is " + ("per task" if cfg.tasks else
-                       f"placement={cfg.placement!r}, scope={cfg.scope!r}")
+                       f"input; this one is " + ("per task" if per_task else
+                       f"placement={layout.placement!r}, scope={layout.scope!r}")
                        + ": export it as a prompt file (format 'prompt') instead")
     mc = model.cfg
     prompt = np.asarray(model.prompt[...], np.float32)
