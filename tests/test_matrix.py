@@ -1,7 +1,7 @@
 """Every registered tuning method on every model family (each family's first tiny preset): the
 loss falls, the tuned variables change and nothing else, decoding works, and checkpoints
-round-trip exactly (on the first family). Methods and families come from the registry and the presets, so a new one
-is tested here without editing this file."""
+round-trip exactly (on the first family). Methods and families come from the registry and the
+presets, so a new one is tested here without editing this file."""
 import jax
 import numpy as np
 import pytest
