@@ -220,3 +220,17 @@ def test_export_names_the_trainable_state():
   tr = trainer_lib.Trainer(m, cfg)
   out = methods.get("lora").export(m, tr.init_state().params, cfg)
   assert "encoder.layers.0.attn.q.adapter.a" in out and len(out) == 2 * (2 + 4)
+
+
+def test_per_task_state_is_the_methods_to_declare():
+  """What the run layer asks a method instead of comparing its name: the task ids its batches
+  carry, and whether runs of it can share a mixed-task batch."""
+  prompt, lora = methods.get("prompt"), methods.get("lora")
+  assert prompt.task_names(methods.make("prompt", tasks=("a", "b"))) == ("a", "b")
+  assert lora.task_names(methods.make("lora")) == ()
+  single = methods.make("prompt", length=4)
+  prompt.check_mixable(single, single.options())
+  with pytest.raises(ValueError, match="prompt length 5; this config has 4"):
+    prompt.check_mixable(single, dict(single.options(), length=5))
+  with pytest.raises(ValueError, match="method 'lora' changes the shared model"):
+    lora.check_mixable(methods.make("lora"), {})
