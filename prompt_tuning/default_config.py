@@ -33,10 +33,12 @@ def get_config():
   # method.name picks the tuning method; method.<name> holds its options (one section per
   # module of prompt_tuning/methods, with that module's defaults).
   # method.init_from: the initial trainable state instead of the method's own init: a PEFT
-  # adapter directory (prompt tuning or LoRA) or a prompt file (.npy / .safetensors / a directory
-  # written by `prompt-tuning export --format prompt`); a resumed run restores its checkpoint.
+  # adapter directory (of the method's PEFT type) or a prompt file (.npy / .safetensors / a
+  # directory written by `prompt-tuning export --format prompt`); a resumed run restores its
+  # checkpoint.
   c.method = ml_collections.ConfigDict(dict(
-      name="prompt",            # prompt | lora | full | layers | prefix | ia3 | mask
+      name="prompt",            # a method of prompt_tuning/methods: prompt | lora | dora | pissa |
+                                # full | layers | prefix | ia3 | mask
       init_from="",             # a PEFT adapter directory or a prompt file to start from
       **methods.defaults()))
   # Lester et al. (2021) scaled to a 468k-parameter model: 10 prompt vectors (they use 100 on

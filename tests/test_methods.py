@@ -32,7 +32,8 @@ def test_registry_and_config_sections():
   assert d["prompt"]["length"] == 100 and d["prompt"]["init"] == "vocab"
   assert d["lora"]["rank"] == 4 and d["full"] == {}
   assert methods.describe(methods.make("lora", rank=8, seed=3)) == {
-      "name": "lora", "seed": 3, "rank": 8, "alpha": 8.0, "targets": ("q", "k", "v", "o", "mlp")}
+      "name": "lora", "seed": 3, "rank": 8, "alpha": 8.0, "targets": ("q", "k", "v", "o", "mlp"),
+      "paths": (), "rslora": False}
 
 
 @pytest.mark.parametrize("name,kw,msg", [
@@ -43,6 +44,8 @@ def test_registry_and_config_sections():
     ("prompt", dict(init="class_labels"), "needs class_labels"),
     ("lora", dict(targets=("qq",)), "unknown lora targets"),
     ("lora", dict(rank=0), "rank must be positive"),
+    ("dora", dict(targets=("qq",)), "unknown dora targets"),
+    ("pissa", dict(rank=0), "pissa rank must be positive"),
     ("layers", {}, "needs paths"),
 ])
 def test_bad_method_config(name, kw, msg):
@@ -130,6 +133,21 @@ def test_lora_target_subset():
   assert roles == {"mlp_in", "mlp_out"}
 
 
+def test_lora_targets_by_path_and_role():
+  """Paths narrow the roles to places (the adapter plumbing shared with ia3 and mask)."""
+  m = tiny_model("tiny-bart")
+  methods.attach(m, methods.make("lora", targets=("q", "v"), paths=("decoder.layers.1",
+                                                                    "encoder.layers.0.attn")))
+  got = sorted(".".join(map(str, p)) for p, mod in nnx.iter_modules(m)
+               if isinstance(mod, core.Dense) and mod.adapter is not None)
+  assert got == ["decoder.layers.1.attn.q", "decoder.layers.1.attn.v",
+                 "decoder.layers.1.cross_attn.q", "decoder.layers.1.cross_attn.v",
+                 "encoder.layers.0.attn.q", "encoder.layers.0.attn.v"], got
+  with pytest.raises(ValueError, match="lora path 'decoder.layers.9' matches no q/v projection"):
+    methods.attach(tiny_model("tiny-bart"), methods.make("lora", targets=("q", "v"),
+                                                         paths=("decoder.layers.9",)))
+
+
 @pytest.mark.parametrize("preset", FAMILIES)
 def test_layers_last_k_selects_the_last_layer_of_every_stack(preset):
   m = tiny_model(preset)
@@ -202,3 +220,17 @@ def test_export_names_the_trainable_state():
   tr = trainer_lib.Trainer(m, cfg)
   out = methods.get("lora").export(m, tr.init_state().params, cfg)
   assert "encoder.layers.0.attn.q.adapter.a" in out and len(out) == 2 * (2 + 4)
+
+
+def test_per_task_state_is_the_methods_to_declare():
+  """What the run layer asks a method instead of comparing its name: the task ids its batches
+  carry, and whether runs of it can share a mixed-task batch."""
+  prompt, lora = methods.get("prompt"), methods.get("lora")
+  assert prompt.task_names(methods.make("prompt", tasks=("a", "b"))) == ("a", "b")
+  assert lora.task_names(methods.make("lora")) == ()
+  single = methods.make("prompt", length=4)
+  prompt.check_mixable(single, single.options())
+  with pytest.raises(ValueError, match="prompt length 5; this config has 4"):
+    prompt.check_mixable(single, dict(single.options(), length=5))
+  with pytest.raises(ValueError, match="method 'lora' changes the shared model"):
+    lora.check_mixable(methods.make("lora"), {})

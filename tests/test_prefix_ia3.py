@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
 from prompt_tuning import methods, models  # noqa: E402
-from prompt_tuning.methods import ia3 as ia3_lib, prefix as prefix_lib  # noqa: E402
+from prompt_tuning.methods import prefix as prefix_lib  # noqa: E402
 from tests.helpers import tiny_model  # noqa: E402
 from tests.test_parity import batch, make_hf  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_prefix_matches_peft(hf_models, name, projection):
   methods.attach(ours, cfg)
   weights = {k.split("prompt_encoder.default.")[1]: v.detach().numpy()
              for k, v in pm.named_parameters() if "prompt_encoder" in k}
-  prefix_lib.from_peft(ours, cfg, weights, seq2seq)
+  prefix_lib.from_peft_encoder(ours, cfg, weights, seq2seq)
   err, moved = compare(pm, ours, path)
   assert err <= 1e-4, err
   assert moved > 1e-2   # not vacuous: the prefix moves the logits far more than the tolerance
@@ -98,9 +98,10 @@ def test_ia3_matches_peft(hf_models, name):
     for k, p in pm.named_parameters():
       if "ia3_l" in k:
         p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
-  methods.attach(ours, methods.make("ia3", targets=IA3_TARGETS[hf.config.model_type]))
-  ia3_lib.from_peft(ours, {k: v.detach().numpy() for k, v in pm.named_parameters()
-                           if "ia3_l" in k})
+  cfg = methods.make("ia3", targets=IA3_TARGETS[hf.config.model_type])
+  methods.attach(ours, cfg)
+  methods.get("ia3").from_peft(ours, cfg, {}, {k: v.detach().numpy()
+                                               for k, v in pm.named_parameters() if "ia3_l" in k})
   err, moved = compare(pm, ours, path)
   assert err <= 1e-4, err
   assert moved > 1e-3

@@ -2,16 +2,16 @@
 
 Out (a model with its tuned parameters in place, e.g. after ``nnx.update(model, params)``):
 
-* :func:`export_peft`: a PEFT adapter directory (prompt tuning or LoRA) that
-  ``peft.PeftModel.from_pretrained(base, dir)`` loads on the transformers model of the same
-  checkpoint (see :mod:`.peft_format` for the exact mapping);
+* :func:`export_peft`: a PEFT adapter directory that ``peft.PeftModel.from_pretrained(base,
+  dir)`` loads on the transformers model of the same checkpoint (what it holds is the method's
+  ``to_peft``; :mod:`.peft_format` writes the files);
 * :func:`export_merged`: a Hugging Face checkpoint with LoRA merged into the kernels (or the
   weights full / layers tuning changed), plus the tokenizer files;
 * :func:`export_prompt`: the soft prompt as ``prompt.npy`` / ``prompt.safetensors`` +
   ``prompt.json`` (see :mod:`.prompt_files`).
 
-In: :func:`init_from` sets a run's initial trainable state from a PEFT adapter directory (prompt
-tuning or LoRA) or a prompt file (continued training, SPoT-style prompt transfer); the run
+In: :func:`init_from` sets a run's initial trainable state from a PEFT adapter directory (the
+method's ``from_peft``) or a prompt file (continued training, SPoT-style prompt transfer); the run
 config's ``method.init_from`` names it.
 
 Also :mod:`.hub` (Hub model ids through the local cache) and :mod:`.tokenizer` (the checkpoint's
@@ -35,13 +35,12 @@ __all__ = ["export_merged", "export_peft", "export_prompt", "hub", "init_from",
 
 # ----------------------------------------------------------------------------- out
 def export_peft(model, method, out_dir: str, base_model: str | None = None) -> list[str]:
-  """Writes the model's prompt or LoRA factors (``method``: its MethodConfig) as a PEFT adapter."""
-  if method.name == "prompt":
-    return peft_format.export_prompt(model, out_dir, base_model)
-  if method.name == "lora":
-    return peft_format.export_lora(model, method.rank, method.alpha, out_dir, base_model)
-  raise ValueError(f"PEFT export covers prompt tuning and LoRA, not method {method.name!r}; "
-                   f"export a merged Hugging Face checkpoint (format 'hf') instead")
+  """Writes the model's tuned state (``method``: its MethodConfig) as a PEFT adapter."""
+  from prompt_tuning import methods
+  impl = methods.get(method.name)
+  fields, tensors = impl.to_peft(model, method)
+  return peft_format.write(out_dir, peft_format.adapter_config(model, impl.peft_type, fields,
+                                                               base_model), tensors)
 
 
 def merged_params(model) -> nnx.State:
@@ -120,36 +119,30 @@ def export_prompt(model, out_dir: str, info: dict | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- in
 def init_from(model, method, path: str) -> str | None:
   """Sets the trainable state of ``model`` (its method ``method`` already attached) from
-  ``path``: a PEFT adapter directory (prompt tuning or LoRA), or a prompt file / directory
-  (.npy, .safetensors, prompt.json). Shapes and targets must match; returns what was loaded."""
+  ``path``: a PEFT adapter directory, or a prompt file / directory (.npy, .safetensors,
+  prompt.json). Shapes and targets must match; returns what was loaded."""
+  from prompt_tuning import methods
   if not path:
     return None
   if not os.path.exists(path):
     raise FileNotFoundError(f"method.init_from {path!r} does not exist")
+  impl = methods.get(method.name)
   if peft_format.is_adapter_dir(path):
-    config, _ = peft_format.read_adapter(path)
+    config, tensors = peft_format.read_adapter(path)
     kind = config.get("peft_type")
-    want = {"prompt": "PROMPT_TUNING", "lora": "LORA"}.get(method.name)
+    want = impl.peft_type
     if kind != want:
       raise ValueError(f"method.init_from {path!r} is a {kind} adapter; method {method.name!r} "
                        f"{'takes ' + want if want else 'cannot start from a PEFT adapter'}")
-    if method.name == "lora":
-      peft_format.load_lora(model, path, method.rank, method.alpha)
-      return f"PEFT LoRA adapter {path}"
-    _set_prompt(model, method, peft_format.read_prompt(path, model), path)
-    return f"PEFT prompt-tuning adapter {path}"
-  if method.name != "prompt":
-    raise ValueError(f"method.init_from {path!r} is a prompt file; method {method.name!r} "
-                     f"cannot start from it (a LoRA run starts from a PEFT LoRA adapter)")
+    peft_format.check_task(config, model, path)
+    try:
+      impl.from_peft(model, method, config, tensors)
+    except ValueError as e:
+      raise ValueError(f"method.init_from {path}: {e}") from None
+    return f"PEFT {kind} adapter {path}"
   value, _ = prompt_files.load_prompt(path)
-  _set_prompt(model, method, value, path)
+  try:
+    impl.from_prompt(model, method, value)
+  except ValueError as e:
+    raise ValueError(f"method.init_from {path!r} is a prompt file: {e}") from None
   return f"prompt file {path}"
-
-
-def _set_prompt(model, method, value, path):
-  want = tuple(model.prompt.shape)   # [parts * length, d_model]; multi-task: the shared prompt
-  if tuple(value.shape) != want:
-    what = "length" if value.shape[1:] == want[1:] else "d_model"
-    raise ValueError(f"method.init_from {path!r}: the prompt has shape {tuple(value.shape)} "
-                     f"but this run needs [{want[0]}, {want[1]}] (prompt {what} differs)")
-  model.set_prompt(value)

@@ -1,6 +1,6 @@
 """Tuning methods behind one interface: every module of this package registers one method
-(see base.py); ``prompt``, ``lora``, ``full``, ``layers``, ``prefix``, ``ia3`` and ``mask`` ship
-with the library.
+(see base.py); ``prompt``, ``lora``, ``dora``, ``pissa``, ``full``, ``layers``, ``prefix``,
+``ia3`` and ``mask`` ship with the library.
 
   cfg = methods.make("lora", rank=8)           # a validated config
   methods.attach(model, cfg, tokenize)         # adds the method's variables to the model

@@ -8,7 +8,13 @@ PEFT's default targets per family, as ``targets`` here (parity-tested on the sam
 T5 ``k, v, wo`` = ("k", "v", "mlp_out") (the default); mT5 ``k, v, wi_1`` (output of the gated
 branch) is the same product as ("k", "v", "mlp_out"); BART ``q_proj, v_proj, fc2`` =
 ("q", "v", "mlp_out"); GPT-2 ``c_attn, mlp.c_proj`` = ("q", "k", "v", "mlp_out"); Llama
-``k_proj, v_proj, down_proj`` = the default. :func:`from_peft` reads PEFT's ``ia3_l`` weights.
+``k_proj, v_proj, down_proj`` = the default.
+
+PEFT's IA3 adapter (``to_peft`` / ``from_peft``): one ``base_model.model.<module>.ia3_l`` per HF
+module, [out, 1] for output scaling and [1, in] for the ``feedforward_modules`` (input scaling);
+GPT-2's fused ``c_attn`` vector is q, k, v concatenated (ones for an untargeted part). On reading,
+the output scale of a gated ``wi_1`` (mT5) moves to ``wo``'s input: act(x W0) * (x W1 l) W =
+(act(x W0) * (x W1) * l) W.
 """
 from __future__ import annotations
 
@@ -19,36 +25,30 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning import optim
-from prompt_tuning.methods.base import Method, MethodConfig, register
+from prompt_tuning.interop import peft_format as pf
+from prompt_tuning.methods.base import AdapterConfig, AdapterMethod, register
 from prompt_tuning.models import core
 
 
-class IA3Param(nnx.Param):
+class IA3Param(core.MethodParam):
   """An (IA)^3 rescaling vector."""
 
 
-core.METHOD_PARAM_KINDS.append(IA3Param)
-
-TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out")
 INPUT_SCALED = ("mlp_out",)
 
 
 @dataclasses.dataclass(frozen=True)
-class IA3Config(MethodConfig):
+class IA3Config(AdapterConfig):
+  TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out")
   targets: tuple[str, ...] = ("k", "v", "mlp_out")   # rescaled: q, k, v, o, mlp_in, mlp_out
-
-  def validate(self):
-    bad = sorted(set(self.targets) - set(TARGETS))
-    if bad or not self.targets:
-      raise ValueError(f"unknown ia3 targets {bad}; choose from {TARGETS}")
 
 
 class IA3Adapter(nnx.Module):
   """``base(x) * l`` (output scaling) or ``base(x * l)`` (input scaling), l initialised to 1."""
 
-  def __init__(self, dense: core.Dense, input_scaled: bool):
-    self.input_scaled = input_scaled
-    shape, axes = (dense.in_shape, dense.in_axes) if input_scaled else \
+  def __init__(self, dense: core.Dense, cfg: IA3Config, rngs=None):
+    self.input_scaled = dense.role in INPUT_SCALED
+    shape, axes = (dense.in_shape, dense.in_axes) if self.input_scaled else \
         (dense.out_shape, dense.out_axes)
     self.scale = IA3Param(jnp.ones(shape, jnp.float32), axes=axes)
 
@@ -59,79 +59,69 @@ class IA3Adapter(nnx.Module):
     return dense.base(x) * s
 
 
-def targets(model, cfg: IA3Config):
-  for path, mod in nnx.iter_modules(model):
-    if isinstance(mod, core.Dense) and mod.role in cfg.targets:
-      yield path, mod
-
-
-class IA3(Method):
+class IA3(AdapterMethod):
   name = "ia3"
   Config = IA3Config
-
-  def attach(self, model, cfg, tokenize=None):
-    n = 0
-    for path, dense in targets(model, cfg):
-      if dense.adapter is not None:
-        raise ValueError(f"{'.'.join(map(str, path))} already has an adapter")
-      dense.adapter = IA3Adapter(dense, dense.role in INPUT_SCALED)
-      n += 1
-    if n == 0:
-      raise ValueError(f"no projection of this model matches ia3 targets {cfg.targets}")
-
-  def trainable(self, model, cfg):
-    return IA3Param
+  Param = IA3Param
+  Adapter = IA3Adapter
+  peft_type = "IA3"
 
   def default_optimizer(self, cfg):
     # The paper trains (IA)^3 with Adafactor at 3e-3; PEFT's examples use AdamW at ~3e-3.
     return optim.OptimizerConfig(name="adamw", learning_rate=3e-3)
 
+  def to_peft(self, model, cfg):
+    adapters = self.adapters(model)
+    by_name, by_path, modules = pf.sites(model)
+    missing = sorted(".".join(map(str, p)) for p in adapters if p not in by_path)
+    if missing:
+      raise ValueError(f"no Hugging Face module holds ia3 projection(s) {missing[:4]}")
+    chosen = {by_path[p][0].name for p in adapters}
+    tensors, ff = {}, set()
+    for name in sorted(chosen):
+      denses = [pf.module(model, p) for p in by_name[name].parts]
+      input_scaled = {d.adapter.input_scaled for d in denses if d.adapter is not None}
+      if len(input_scaled) != 1 or (True in input_scaled and len(denses) > 1):
+        raise ValueError(f"{name}: PEFT scales a fused module's input or output, not both")
+      vec = np.concatenate([
+          np.asarray(d.adapter.scale[...], np.float32).reshape(-1) if d.adapter is not None
+          else np.ones(pf.fan(d.out_shape), np.float32) for d in denses])
+      if True in input_scaled:
+        ff.add(name)
+      tensors[f"{pf.PREFIX}{name}.ia3_l"] = vec[None] if name in ff else vec[:, None]
+    targets = pf.target_names(modules, chosen)
+    feedforward = pf.target_names(modules, ff) if ff else []
+    if not set(feedforward) <= set(targets):   # PEFT wants them among the targets' names
+      targets, feedforward = sorted(chosen), sorted(ff)
+    return {"target_modules": targets, "feedforward_modules": feedforward,
+            "fan_in_fan_out": pf.fan_in_fan_out(model), "init_ia3_weights": True,
+            "modules_to_save": None}, tensors
+
+  def from_peft(self, model, cfg, config, tensors):
+    """Sets the adapters from PEFT's IA3 weights. Fused GPT-2 ``c_attn`` vectors are split into
+    q/k/v, and the output scale of a gated ``wi_1`` (mT5) moves to ``wo``'s input."""
+    if config.get("modules_to_save"):
+      raise ValueError(f"adapter_config modules_to_save={config['modules_to_save']!r} is not "
+                       f"plain IA3")
+    by_name, _, _ = pf.sites(model)
+    done = set()
+    for name, group in pf.module_tensors(model, tensors, ("ia3_l",)).items():
+      parts = by_name[name].parts
+      vec = group["ia3_l"].reshape(-1)
+      for kernel_path, part in zip(parts, np.split(vec, len(parts))):
+        dense = pf.module(model, kernel_path)
+        if dense.adapter is None and dense.role == "mlp_in" and kernel_path[-1] == "wi_1":
+          dense = pf.module(model, kernel_path[:-1] + ("wo",))   # act(x W0) * (x W1) * l
+        if not isinstance(dense.adapter, IA3Adapter):
+          if np.allclose(part, 1.0):   # an untargeted part of a fused module
+            continue
+          raise ValueError(f"IA3 weight of {name} targets {'.'.join(map(str, kernel_path))}, "
+                           f"which has no ia3 adapter here; attach ia3 with matching targets")
+        dense.adapter.scale.set_value(jnp.asarray(part.reshape(dense.adapter.scale.shape)))
+        done.add(id(dense))
+    missing = [".".join(map(str, p)) for p, d in self.adapters(model).items() if id(d) not in done]
+    if missing:
+      raise ValueError(f"the IA3 weights do not cover {missing[:3]} ({len(missing)} adapters)")
+
 
 register(IA3())
-
-
-# ----------------------------------------------------------------------------- PEFT weights
-def _module(model, path):
-  m = model
-  for p in path:
-    m = m[p] if isinstance(p, int) else getattr(m, p)
-  return m
-
-
-def from_peft(model, weights: dict):
-  """Sets the adapters of ``model`` (ia3 attached) from PEFT's IA3 weights: ``{name: array}``
-  with names such as ``base_model.model.<module>.ia3_l.default`` (or ``<module>.ia3_l``). HF
-  module names are resolved through the family's weight map; fused GPT-2 ``c_attn`` vectors are
-  split into q/k/v, and the output scale of a gated ``wi_1`` (mT5) moves to ``wo``'s input."""
-  from prompt_tuning.models import families
-  wm = families.FAMILIES[model.cfg.family].weights(model.cfg)
-  by_name = {t.hf: t for t in wm.tensors}
-  done = set()
-  for name, value in weights.items():
-    module = name.replace("base_model.model.", "", 1)
-    module = module.split(".ia3_l")[0]
-    t = by_name.get(module + ".weight") or by_name.get(wm.prefix + module + ".weight")
-    if t is None:
-      raise ValueError(f"PEFT IA3 weight {name!r}: no module {module!r} in this model")
-    vec = np.asarray(value, np.float32).reshape(-1)
-    parts = np.split(vec, len(t.ours)) if len(t.ours) > 1 else [vec]
-    for kernel_path, part in zip(t.ours, parts):
-      dense = _module(model, kernel_path[:-1])
-      if dense.adapter is None and dense.role == "mlp_in" and kernel_path[-2] == "wi_1":
-        dense = _module(model, kernel_path[:-2] + ("wo",))   # act(x W0) * (x W1) * l
-      if not isinstance(dense.adapter, IA3Adapter):
-        raise ValueError(f"PEFT IA3 weight {name!r} targets {'.'.join(map(str, kernel_path[:-1]))}"
-                         f", which has no ia3 adapter here; attach ia3 with matching targets")
-      dense.adapter.scale.set_value(jnp.asarray(part.reshape(dense.adapter.scale.shape)))
-      done.add(id(dense))
-  missing = [".".join(map(str, p)) for p, d in targets(model, model_targets(model))
-             if id(d) not in done]
-  if missing:
-    raise ValueError(f"PEFT IA3 weights do not cover {missing[:3]} ({len(missing)} adapters)")
-
-
-def model_targets(model) -> IA3Config:
-  """The config whose targets are the roles that carry ia3 adapters in ``model``."""
-  roles = {d.role for _, d in nnx.iter_modules(model)
-           if isinstance(d, core.Dense) and isinstance(d.adapter, IA3Adapter)}
-  return IA3Config(targets=tuple(sorted(roles)))

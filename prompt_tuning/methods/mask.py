@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -27,34 +26,26 @@ import numpy as np
 from flax import nnx
 
 from prompt_tuning import optim
-from prompt_tuning.methods.base import Method, MethodConfig, register
+from prompt_tuning.methods.base import AdapterConfig, AdapterMethod, register
 from prompt_tuning.models import core
 
 
-class MaskParam(nnx.Param):
+class MaskParam(core.MethodParam):
   """Real-valued mask scores of one kernel."""
 
 
-core.METHOD_PARAM_KINDS.append(MaskParam)
-
-TARGETS = ("q", "k", "v", "o", "mlp")
-ROLES = {"q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "mlp": ("mlp_in", "mlp_out")}
 INITS = ("magnitude", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskConfig(MethodConfig):
+class MaskConfig(AdapterConfig):
   sparsity: float = 0.05             # fraction of each masked kernel's entries set to zero
-  targets: tuple[str, ...] = TARGETS # projections by role (as lora: q, k, v, o, mlp)
-  paths: tuple[str, ...] = ()        # dotted prefixes (e.g. "decoder.layers.1"); () = all layers
   init: str = "magnitude"            # initial scores: "magnitude" (|W| pruning) | "uniform"
 
   def validate(self):
+    super().validate()
     if not 0.0 < self.sparsity < 1.0:
       raise ValueError(f"mask sparsity must be in (0, 1), got {self.sparsity}")
-    bad = sorted(set(self.targets) - set(TARGETS))
-    if bad or not self.targets:
-      raise ValueError(f"unknown mask targets {bad}; choose from {TARGETS}")
     if self.init not in INITS:
       raise ValueError(f"unknown mask init {self.init!r}; choose one of {INITS}")
 
@@ -77,12 +68,12 @@ class MaskAdapter(nnx.Module):
   """Calls the projection with ``W * m``; m is binary in the forward pass and passes gradients
   straight through to the scores."""
 
-  def __init__(self, dense: core.Dense, cfg: MaskConfig, key):
+  def __init__(self, dense: core.Dense, cfg: MaskConfig, rngs: nnx.Rngs):
     w = jnp.asarray(dense.kernel[...], jnp.float32)
     if cfg.init == "magnitude":
       s = jnp.abs(w) / jnp.maximum(jnp.mean(jnp.abs(w)), 1e-12)
     else:
-      s = jax.random.uniform(key, w.shape, jnp.float32)
+      s = jax.random.uniform(rngs.params(), w.shape, jnp.float32)
     self.scores = MaskParam(s, axes=dense.in_axes + dense.out_axes)
     self.num_zeros = zeros_for(w.size, cfg.sparsity)
 
@@ -96,40 +87,11 @@ class MaskAdapter(nnx.Module):
     return dense.base(x, kernel=dense.kernel[...].astype(jnp.float32) * m)
 
 
-def targets(model, cfg: MaskConfig):
-  """(dotted path, Dense) of the projections the mask covers."""
-  roles = {r for t in cfg.targets for r in ROLES[t]}
-  pattern = re.compile("|".join(re.escape(p) + r"(\.|$)" for p in cfg.paths)) if cfg.paths \
-      else None
-  out = []
-  for path, mod in nnx.iter_modules(model):
-    name = ".".join(map(str, path))
-    if isinstance(mod, core.Dense) and mod.role in roles and \
-        (pattern is None or pattern.match(name)):
-      out.append((name, mod))
-  for p in cfg.paths:
-    if not any(n == p or n.startswith(p + ".") for n, _ in out):
-      raise ValueError(f"mask path {p!r} matches no {'/'.join(cfg.targets)} projection; e.g. "
-                       f"{[n for n, _ in out][:3] or 'decoder.layers.0'}")
-  return out
-
-
-class Mask(Method):
+class Mask(AdapterMethod):
   name = "mask"
   Config = MaskConfig
-
-  def attach(self, model, cfg, tokenize=None):
-    found = targets(model, cfg)
-    if not found:
-      raise ValueError(f"no projection of this model matches mask targets {cfg.targets}")
-    key = jax.random.PRNGKey(cfg.seed)
-    for i, (name, dense) in enumerate(found):
-      if dense.adapter is not None:
-        raise ValueError(f"{name} already has an adapter")
-      dense.adapter = MaskAdapter(dense, cfg, jax.random.fold_in(key, i))
-
-  def trainable(self, model, cfg):
-    return MaskParam
+  Param = MaskParam
+  Adapter = MaskAdapter
 
   def export(self, model, params, cfg):
     """``{<dense path>.kernel: packed mask bits (uint8, np.packbits of the flattened 0/1

@@ -17,8 +17,15 @@ examples). Both are fixed-budget choices; on the tiny test models the MLP varian
 PEFT compatibility (parity-tested on T5, BART, GPT-2 and Llama): PEFT prefixes only the decoder's
 self-attention of encoder-decoder models (``stacks=("decoder",)`` here; the default prefixes every
 stack, as Li & Liang), sizes GQA prefixes by ``num_key_value_heads`` (as here), and for
-seq2seq models feeds decoder layer i the table slot (2 i) mod L (its cached key/value tuples are
-built from a duplicated table); :func:`from_peft` maps PEFT's weights with that rule.
+seq2seq models feeds decoder layer i the table slot (2 i) mod num_layers (its cached key/value
+tuples are built from a duplicated table, and the odd slots' cross-attention pairs are dropped);
+:func:`peft_layer_slots` is that rule. PEFT's adapter file holds the computed table
+``prompt_embeddings`` [P, num_layers * 2 * G * dh] (also when trained with ``prefix_projection``),
+so ``to_peft`` writes it with ``prefix_projection=False``; for a seq2seq model it writes
+``num_layers`` = 2 x the decoder's layers, so that layer i's slot 2 i is its own (with the real
+count, layers i and i + L/2 would share a slot). ``from_peft`` reads such a table into a
+``projection=False`` run; :func:`from_peft_encoder` copies a PEFT prefix encoder's parameters
+(the MLP too), which the parity tests use.
 """
 from __future__ import annotations
 
@@ -35,11 +42,8 @@ from prompt_tuning.methods.base import Method, MethodConfig, register
 from prompt_tuning.models import core
 
 
-class PrefixParam(nnx.Param):
+class PrefixParam(core.MethodParam):
   """A prefix-tuning variable (keys/values, or the reparameterisation MLP)."""
-
-
-core.METHOD_PARAM_KINDS.append(PrefixParam)
 
 STACKS = ("encoder", "decoder")
 INITS = ("normal", "zero")
@@ -150,6 +154,45 @@ class Prefix(Method):
       out[f"{name}.k"], out[f"{name}.v"] = np.asarray(k, np.float32), np.asarray(v, np.float32)
     return out
 
+  peft_type = "PREFIX_TUNING"
+
+  def to_peft(self, model, cfg):
+    seq2seq = model.cfg.is_encoder_decoder
+    if seq2seq and "encoder" in cfg.stacks:
+      raise ValueError(f"PEFT's prefix tuning prefixes the decoder only; this run prefixes "
+                       f"stacks {cfg.stacks}: train with method.prefix.stacks=['decoder'] to "
+                       f"export a PEFT adapter")
+    k, v = (np.asarray(x, np.float32) for x in model.decoder.kv_prefix())   # [n, P, G, dh]
+    n, p, g, dh = k.shape
+    slots = 2 * n if seq2seq else n
+    table = np.zeros((p, slots, 2, g, dh), np.float32)
+    at = peft_layer_slots(n, seq2seq, slots)
+    table[:, at, 0], table[:, at, 1] = k.transpose(1, 0, 2, 3), v.transpose(1, 0, 2, 3)
+    config = {"num_virtual_tokens": p, "token_dim": g * dh, "num_attention_heads": g,
+              "num_layers": slots, "num_transformer_submodules": 2 if seq2seq else 1,
+              "prefix_projection": False, "encoder_hidden_size": g * dh, "modules_to_save": None}
+    return config, {"prompt_embeddings": table.reshape(p, -1)}
+
+  def from_peft(self, model, cfg, config, tensors):
+    if cfg.projection:
+      raise ValueError("a PEFT prefix adapter holds the computed prefix keys/values; start "
+                       "from it with method.prefix.projection=False")
+    if model.cfg.is_encoder_decoder and "encoder" in cfg.stacks:
+      raise ValueError("PEFT's prefix tuning prefixes the decoder only; use "
+                       "method.prefix.stacks=['decoder']")
+    pre = model.decoder.kv_prefix
+    n, g, dh = pre.layers, pre.kv_heads, pre.head_dim
+    table = tensors.get("prompt_embeddings")
+    slots = int(config.get("num_layers") or 0)
+    if table is None or table.shape != (cfg.length, slots * 2 * g * dh) or slots < n:
+      raise ValueError(f"prompt_embeddings {None if table is None else table.shape} does not "
+                       f"hold a {cfg.length}-vector prefix of {n} layers x {g} heads x {dh} "
+                       f"(num_layers {slots})")
+    subs = config.get("num_transformer_submodules") or (2 if model.cfg.is_encoder_decoder else 1)
+    table = table.reshape(cfg.length, slots, 2, g, dh)[:, peft_layer_slots(n, subs == 2, slots)]
+    pre.k.set_value(jnp.asarray(table[:, :, 0].transpose(1, 0, 2, 3)))
+    pre.v.set_value(jnp.asarray(table[:, :, 1].transpose(1, 0, 2, 3)))
+
   def default_optimizer(self, cfg):
     # A direct table: PEFT's examples (AdamW 1e-2). Through the MLP every prefix entry moves
     # with all of the MLP's weights, so a tenth of that.
@@ -160,15 +203,16 @@ register(Prefix())
 
 
 # ----------------------------------------------------------------------------- PEFT weights
-def peft_layer_slots(layers: int, seq2seq: bool) -> list[int]:
-  """Which slot of PEFT's [P, 2*layers, ...] table feeds each layer: layer i for causal LMs;
-  (2 i) mod layers for seq2seq models (PeftModel.get_prompt duplicates the table along the layer
-  axis and splits it into 4-tuples (self k, self v, cross k, cross v), of which transformers
-  keeps the self-attention pair, then drops the cross-attention pair)."""
-  return [(2 * i) % layers if seq2seq else i for i in range(layers)]
+def peft_layer_slots(layers: int, seq2seq: bool, slots: int | None = None) -> list[int]:
+  """Which slot of PEFT's [P, slots (num_layers), 2, ...] table feeds each of ``layers`` layers:
+  layer i for causal LMs; (2 i) mod slots for seq2seq models (PeftModel.get_prompt duplicates
+  the table along the layer axis and splits it into 4-tuples (self k, self v, cross k, cross v),
+  of which the self-attention pair is kept and the cross-attention pair dropped)."""
+  slots = slots or layers
+  return [(2 * i) % slots if seq2seq else i for i in range(layers)]
 
 
-def from_peft(model, cfg: PrefixConfig, weights: dict, seq2seq: bool):
+def from_peft_encoder(model, cfg: PrefixConfig, weights: dict, seq2seq: bool):
   """Copies PEFT prefix-encoder weights (``embedding.weight`` and, with ``prefix_projection``,
   ``transform.0.weight/bias`` and ``transform.2.weight/bias``; torch layout, as numpy arrays) into
   the decoder stack's prefix of ``model`` (PEFT prefixes that stack only)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -211,6 +212,80 @@ class Prompt(Method):
 
   def extra_decoder_length(self, cfg):
     return cfg.total_length if cfg.scope in ("decoder", "both") else 0
+
+  def task_names(self, cfg):
+    return cfg.tasks
+
+  def check_mixable(self, cfg, theirs):
+    if cfg.tasks:
+      raise ValueError("mixed-task inference combines single-task prompt runs; this config has "
+                       "per-task prompts (method.prompt.tasks)")
+    layout = {"placement": cfg.placement, "scope": cfg.scope}
+    their_layout = {k: theirs.get(k, v) for k, v in (("placement", "prefix"),
+                                                      ("scope", "encoder"))}
+    if their_layout != layout or theirs.get("tasks"):
+      raise ValueError(f"it has a prompt with {their_layout}"
+                       + (" and per-task prompts" if theirs.get("tasks") else "")
+                       + f"; this config has {layout} (all prompts in a batch share one layout)")
+    if theirs["length"] != cfg.length:
+      raise ValueError(f"it has prompt length {theirs['length']}; this config has {cfg.length} "
+                       f"(all prompts in a batch must have one length)")
+
+  def example_state(self, params):
+    (prompt,) = jax.tree.leaves(params)
+    return np.asarray(prompt)
+
+  # --------------------------------------------------------------------------- PEFT
+  # PEFT (0.21) stores one tensor ``prompt_embeddings`` [num_virtual_tokens *
+  # num_transformer_submodules, token_dim]. ``PeftModelForSeq2SeqLM`` prepends the first
+  # ``num_virtual_tokens`` rows to the encoder's input embeddings (attention mask extended with
+  # ones) and leaves the decoder alone for prompt tuning whatever ``num_transformer_submodules``
+  # says (the second block of rows, when 2, is never used); ``PeftModelForCausalLM`` prepends them
+  # to the sequence. That is our placement='prefix', scope='encoder' (positions counted from the
+  # first virtual token), so we write ``num_transformer_submodules=1`` and read the first
+  # ``num_virtual_tokens`` rows.
+  peft_type = "PROMPT_TUNING"
+
+  def to_peft(self, model, cfg):
+    layout, per_task = model.prompt_layout, model.task_prompts is not None   # the model's own
+    if per_task or (layout.placement, layout.scope) != ("prefix", "encoder"):
+      raise ValueError("a PEFT prompt-tuning adapter holds one prompt prepended to the encoder "
+                       f"input; this one is " + ("per task" if per_task else
+                       f"placement={layout.placement!r}, scope={layout.scope!r}")
+                       + ": export it as a prompt file (format 'prompt') instead")
+    mc = model.cfg
+    prompt = np.asarray(model.prompt[...], np.float32)
+    _, heads, _ = mc.stack_shape("encoder")
+    layers = mc.num_layers + (mc.n_decoder_layers if mc.is_encoder_decoder else 0)
+    config = {"num_virtual_tokens": int(prompt.shape[0]), "token_dim": mc.d_model,
+              "num_transformer_submodules": 1, "num_attention_heads": heads,
+              "num_layers": layers, "prompt_tuning_init": "RANDOM",
+              "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
+              "tokenizer_kwargs": None, "modules_to_save": None}
+    return config, {"prompt_embeddings": prompt}
+
+  def from_peft(self, model, cfg, config, tensors):
+    if "prompt_embeddings" not in tensors:
+      raise ValueError(f"no 'prompt_embeddings' tensor (has {sorted(tensors)[:4]})")
+    emb = tensors["prompt_embeddings"]
+    d = model.cfg.d_model
+    n = int(config.get("num_virtual_tokens") or 0)
+    subs = config.get("num_transformer_submodules") or (2 if model.cfg.is_encoder_decoder else 1)
+    if config.get("token_dim", emb.shape[-1]) != d or emb.shape[-1] != d:
+      raise ValueError(f"prompt token_dim {emb.shape[-1]} differs from the model's d_model {d}")
+    if emb.ndim != 2 or emb.shape[0] != n * subs:
+      raise ValueError(f"prompt_embeddings has shape {emb.shape}, expected [{n} * {subs}, {d}]")
+    if subs != 1 and not model.cfg.is_encoder_decoder:
+      raise ValueError(f"num_transformer_submodules={subs} for a decoder-only model")
+    self.from_prompt(model, cfg, emb[:n])   # the rows PEFT's prompt tuning uses (the encoder's)
+
+  def from_prompt(self, model, cfg, value):
+    want = tuple(model.prompt.shape)   # [parts * length, d_model]; multi-task: the shared prompt
+    if tuple(value.shape) != want:
+      what = "length" if value.shape[1:] == want[1:] else "d_model"
+      raise ValueError(f"the prompt has shape {tuple(value.shape)} but this run needs "
+                       f"[{want[0]}, {want[1]}] (prompt {what} differs)")
+    model.set_prompt(value)
 
 
 register(Prompt())

@@ -53,7 +53,11 @@ ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
-class PromptParam(nnx.Param):
+class MethodParam(nnx.Param):
+  """Base of every variable a tuning method adds: whatever is not one is a pre-trained weight."""
+
+
+class PromptParam(MethodParam):
   """A learnable soft prompt."""
 
 
@@ -113,15 +117,9 @@ def token_index(at, p: int, length: int):
   return j + p * (j >= jnp.asarray(at)[:, None])
 
 
-LoRAParam = nnx.LoRAParam
-# Pre-trained weights only: excludes prompts and method variables (LoRA factors and the other
-# method kinds subclass nnx.Param too, so they register themselves in METHOD_PARAM_KINDS).
-METHOD_PARAM_KINDS: list[type] = [PromptParam, LoRAParam]
-
-
 def base_params():
   """Filter for the pre-trained weights (every nnx.Param that no tuning method added)."""
-  return nnx.All(nnx.Param, nnx.Not(nnx.Any(*METHOD_PARAM_KINDS)))
+  return nnx.All(nnx.Param, nnx.Not(MethodParam))
 
 
 @dataclasses.dataclass(frozen=True)

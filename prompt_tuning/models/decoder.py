@@ -97,7 +97,7 @@ def gpt2_weights(cfg: ModelConfig) -> hf.WeightMap:
     t.append(hf.linear("lm_head.weight", ("lm_head", "kernel"), (d,), (cfg.vocab_size,)))
   # Older checkpoints store the causal-mask buffers; the mask is ours to build.
   return hf.WeightMap(t, aliases, buffers=(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",),
-                      prefix="transformer.")
+                      prefix="transformer.", fan_in_fan_out=True)
 
 
 # ----------------------------------------------------------------------------- Llama-style

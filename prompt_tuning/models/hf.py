@@ -239,6 +239,8 @@ class WeightMap:
   optional_zeros: tuple[str, ...] = ()
   # Prefix of the LM-head model's names that bare base-model checkpoints lack.
   prefix: str = ""
+  # The HF projections store their weights [in, out] (GPT-2's Conv1D), not nn.Linear's [out, in].
+  fan_in_fan_out: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -217,7 +217,7 @@ def build(config, with_data: bool = True) -> Experiment:
     return exp
   P, p = jax.process_count(), jax.process_index()
   lengths = {"inputs": d.max_input_length, "targets": d.max_target_length}
-  task_names = getattr(mcfg, "tasks", ()) or None   # per-task prompts: batches carry task_ids
+  task_names = methods_lib.get(mcfg.name).task_names(mcfg) or None   # batches carry task_ids
   if own is not None:
     if task_names:
       raise ValueError("per-task prompts (method.prompt.tasks) need registered tasks; own data "

@@ -1,7 +1,8 @@
 """``prompt-tuning export``: a finished run's tuned parameters as files other tools read.
 
-  --format peft    PEFT adapter directory (prompt tuning, LoRA): adapter_config.json +
-                   adapter_model.safetensors, for peft.PeftModel.from_pretrained(base, DIR)
+  --format peft    PEFT adapter directory (prompt, lora, dora, pissa, prefix, ia3):
+                   adapter_config.json + adapter_model.safetensors, for
+                   peft.PeftModel.from_pretrained(base, DIR)
   --format hf      Hugging Face checkpoint of the tuned model (LoRA merged into the kernels, or
                    the weights full / layers tuning changed) + the base's tokenizer files
   --format prompt  the soft prompt: prompt.npy, prompt.safetensors, prompt.json
@@ -35,8 +36,9 @@ def export(config, out_dir: str, fmt: str, step: int | None = None, allow_change
   config = copy.deepcopy(config)
   if "init_from" in config.method:
     config.method.init_from = ""   # the checkpoint holds the state; the start file may be gone
-  if "prompt" in config.method and "init_from_run" in config.method.prompt:
-    config.method.prompt.init_from_run = ""   # likewise the run it started from
+  for section in config.method.values():   # likewise a run it started from (prompt transfer)
+    if hasattr(section, "keys") and "init_from_run" in section:
+      section.init_from_run = ""
   exp = build(config, with_data=False)
   ckpt = ckpt_lib.Checkpointer(os.path.join(config.output_dir, "checkpoints"),
                                run_id=provenance.read_run_id(config.output_dir))

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
-from prompt_tuning import events, provenance, sharding
+from prompt_tuning import events, methods, provenance, sharding
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data import files
 from prompt_tuning.data.pipeline import host_rows, round_up
@@ -158,36 +158,26 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
   texts = check_texts([text for _, text in inputs])
   exp = build(config, with_data=False)
   trainer = exp.trainer
-  if exp.method.name != "prompt":
-    raise ValueError("mixed-task inference needs method.name='prompt'")
-  if exp.method.tasks:
-    raise ValueError("mixed-task inference combines single-task prompt runs; this config has "
-                     "per-task prompts (method.prompt.tasks)")
-  layout = {"placement": exp.method.placement, "scope": exp.method.scope}
+  impl = methods.get(exp.method.name)
+  impl.check_mixable(exp.method, exp.method.options())
   ref = json.loads(json.dumps(model_reference(config)))
   table, index = [], {}
   for task, run_dir in prompt_runs.items():
     ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"))
     meta = ckpt.read_meta(step)
-    if meta.get("method", {}).get("name") != "prompt":
-      raise ValueError(f"{run_dir} is not a prompt-tuning run")
+    theirs = meta.get("method", {})
+    if theirs.get("name") != exp.method.name:
+      raise ValueError(f"{run_dir} is a {theirs.get('name')} run, not {exp.method.name}")
     if meta.get("model") != ref:
       raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
                        f"not {ref}")
-    theirs = {k: meta["method"].get(k, v) for k, v in (("placement", "prefix"),
-                                                         ("scope", "encoder"))}
-    if theirs != layout or meta["method"].get("tasks"):
-      raise ValueError(f"{run_dir} has a prompt with {theirs}"
-                       + (" and per-task prompts" if meta["method"].get("tasks") else "")
-                       + f"; this config has {layout} (all prompts in a batch share one layout)")
-    length = meta["method"]["length"]
-    if length != exp.method.length:
-      raise ValueError(f"{run_dir} has prompt length {length}; this config has "
-                       f"{exp.method.length} (all prompts in a batch must have one length)")
+    try:
+      impl.check_mixable(exp.method, theirs)
+    except ValueError as e:
+      raise ValueError(f"{run_dir}: {e}") from None
     state, _ = ckpt.restore(trainer.init_state(), step)
-    (prompt,) = jax.tree.leaves(state.params)
     index[task] = len(table)
-    table.append(np.asarray(prompt))
+    table.append(impl.example_state(state.params))
     ckpt.close()
   unknown = sorted({t for t, _ in inputs} - set(index))
   if unknown:
