@@ -250,7 +250,7 @@ class Prompt(Method):
     layout, per_task = model.prompt_layout, model.task_prompts is not None   # the model's own
     if per_task or (layout.placement, layout.scope) != ("prefix", "encoder"):
       raise ValueError("a PEFT prompt-tuning adapter holds one prompt prepended to the encoder "
-                       f"input; this one is " + ("per task" if per_task else
+                       "input; this one is " + ("per task" if per_task else
                        f"placement={layout.placement!r}, scope={layout.scope!r}")
                        + ": export it as a prompt file (format 'prompt') instead")
     mc = model.cfg
