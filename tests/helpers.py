@@ -1,5 +1,3 @@
-import numpy as np
-
 from prompt_tuning import methods, models, trainer as trainer_lib
 from prompt_tuning.data import arrays, synthetic, vocab as vocab_lib
 

@@ -157,7 +157,7 @@ def test_training_prints_plain_progress_lines_and_a_summary(run_dir):
   acc = res["eval"]["synthetic_sentiment"]["accuracy"]
   assert any(l.startswith("  final synthetic_sentiment (32 dev examples): ") and
              f"accuracy {acc:.4g}" in l for l in summary)
-  assert any(l.startswith(f"  best (lowest dev perplexity): step 4") for l in summary)
+  assert any(l.startswith("  best (lowest dev perplexity): step 4") for l in summary)
   assert any(f"prompt-tuning eval --run {out}" in l for l in summary)
 
 

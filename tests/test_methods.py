@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from prompt_tuning import methods, models, trainer as trainer_lib
-from prompt_tuning.methods import lora, prompt
+from prompt_tuning import methods, trainer as trainer_lib
+from prompt_tuning.methods import prompt
 from prompt_tuning.models import core
 from tests.helpers import tiny_model
 

@@ -3,7 +3,6 @@ next to the decoded metrics and in infer; checked against per-label losses compu
 import numpy as np
 import pytest
 
-from prompt_tuning import methods
 from prompt_tuning.run import build, evaluate, infer, loop
 from prompt_tuning.default_config import get_config
 

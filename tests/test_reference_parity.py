@@ -132,7 +132,6 @@ def test_adafactor_equals_t5x_over_50_steps(run):
 
 def test_paper_configs_use_lesters_settings():
   import importlib.util
-  from prompt_tuning import optim
   root = os.path.join(os.path.dirname(__file__), "..", "configs")
   for name in ("superglue_prompt", "qqp_to_mrpc", "repro_lester"):
     spec = importlib.util.spec_from_file_location(name, os.path.join(root, name + ".py"))

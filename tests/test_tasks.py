@@ -1,7 +1,6 @@
 """seqio task registry, offline: exact preprocessing text per task, TFDS mock data through
 seqio and the feature converters, MLSum from real local jsonl files, and a domain-shift run."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 
-import jax.numpy as jnp
 from flax import nnx
 
 from prompt_tuning.models import bart, core, decoder, hf, t5
