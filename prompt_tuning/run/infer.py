@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from prompt_tuning import checkpoint as ckpt_lib
+from prompt_tuning import checkpoint as ckpt_lib, sharding
 from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
@@ -106,7 +106,8 @@ def host_batch(exp, texts) -> dict:
   data-parallel devices (padding repeats the last text, with index -1: never reported)."""
   cfg = exp.config
   n = len(texts)
-  g = round_up(n, math.lcm(exp.mesh.shape["data"], jax.process_count()))
+  g = round_up(n, math.lcm(sharding.data_parallel_size(exp.mesh, exp.trainer.rules),
+                           jax.process_count()))
   ex = [{"inputs": t, "targets": ""} for t in texts]
   arr = arrays_lib.encode_examples(ex, exp.vocab, cfg.data.max_input_length, 1,
                                    cfg.data.truncate)
