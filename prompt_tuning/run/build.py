@@ -78,7 +78,7 @@ def model_reference(config) -> dict:
 
 
 # ------------------------------------------------------------------------------ model
-def build_model(config):
+def build_model(config, mesh=None, rules=None):
   """(frozen model, vocabulary). The model is a HF checkpoint directory (read before its
   tokenizer, so a broken checkpoint is the error reported), that checkpoint's architecture with
   random weights (model.random_init: the no-pretraining baseline), or a randomly initialised
@@ -90,7 +90,7 @@ def build_model(config):
     if m.random_init:
       model = models.build(models.checkpoint_config(m.hf_checkpoint, **compute), seed=config.seed)
     else:
-      model = models.load(m.hf_checkpoint, **compute)
+      model = models.load(m.hf_checkpoint, mesh=mesh, rules=rules, **compute)
     vocab = load_vocab(config)
   else:
     vocab = load_vocab(config)
@@ -183,7 +183,7 @@ def build(config, with_data: bool = True) -> Experiment:
       check_task(t, config.data.download)
   mcfg = method_config(config)
   ocfg = optimizer_config(config, mcfg)
-  model, vocab = build_model(config)
+  model, vocab = build_model(config, mesh, rules)
   methods_lib.attach(model, mcfg, tokenize=vocab.encode)
   interop.init_from(model, mcfg, config.method.init_from)  # a PEFT adapter or a prompt file
   frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
