@@ -131,3 +131,35 @@ def test_mesh_and_rule_errors():
     sharding.check_rules((("batch",),))
   with pytest.raises(ValueError, match="positive integers"):
     sharding.check_mesh_config((2, 0, 1), sharding.DEFAULT_RULES)
+
+
+LOAD_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from prompt_tuning import models, sharding
+from prompt_tuning.default_config import TINY_T5
+whole = models.load(TINY_T5)
+mesh = sharding.make_mesh((2, 2, 2))
+split = models.load(TINY_T5, mesh=mesh, param_dtype=jnp.bfloat16)
+flat = list(zip(nnx.to_flat_state(nnx.state(whole)), nnx.to_flat_state(nnx.state(split))))
+for (path, x), (_, y) in flat:
+  y = y[...]
+  assert y.dtype == jnp.bfloat16 and y.sharding.mesh == mesh, (path, y.dtype)
+  np.testing.assert_array_equal(np.asarray(x[...].astype(jnp.bfloat16)), np.asarray(y))
+q = dict(nnx.to_flat_state(nnx.state(split)))[("encoder", "layers", 0, "attn", "q", "kernel")][...]
+# each device holds only its quarter (fsdp x model) of the kernel
+assert q.sharding.spec == P("fsdp", "model", None)
+assert q.addressable_shards[0].data.size * 4 == q.size
+print("LOAD_OK")
+"""
+
+
+def test_sharded_load_equals_whole_load():
+  """models.load(mesh=...) puts each checkpoint tensor straight into its sharded layout, in the
+  asked dtype, with the values of an unsharded load."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-c", LOAD_SCRIPT], env=env, capture_output=True,
+                     text=True, timeout=300, cwd=ROOT)
+  assert r.returncode == 0 and "LOAD_OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
