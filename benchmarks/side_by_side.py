@@ -23,7 +23,8 @@ PEFT: tokens/s; peak memory); ``--out`` appends the JSON lines to a file.
 Conventions are those of train_throughput.py and the anchor: train tokens/s = batch x (inputs +
 targets) / step time (prompt vectors not counted); decode tokens/s = batch x new tokens / wall
 time; MFU against the device's bf16 dense peak where known (prompt_tuning/flops.py); compile_s =
-the first step (trace + compile + one step). On CPUs there is no device memory counter: ours
+the first step (trace + compile + one step; XLA's persistent cache under the temp directory
+makes a rerun's compiles short: set JAX_COMPILATION_CACHE_DIR to move it). On CPUs there is no device memory counter: ours
 reports XLA's compiled memory analysis (``xla_peak_gib``: arguments + outputs + temporaries),
 PEFT's ``peak_gib`` is None.
 """
@@ -76,23 +77,23 @@ def plan(a) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ ours
-def _t5_config(anchor, size, dtype, attention):
+def _t5_config(anchor, size, **compute):
   """Our T5 v1.1 config with the anchor's dimensions for ``size``."""
   from prompt_tuning import models
   dims = anchor.SIZES[size]
-  return models.preset("t5-v1_1-base", dtype=dtype, attention_impl=attention).replace(
+  return models.preset("t5-v1_1-base", **compute).replace(
       d_model=dims["d_model"], d_ff=dims["d_ff"], num_layers=dims["num_layers"],
       num_heads=dims["num_heads"], head_dim=dims["d_kv"])
 
 
-def _llama_config(size, dtype, attention):
+def _llama_config(size, **compute):
   """Our config read from the transformers LlamaConfig's config.json (same shape by
   construction)."""
   from transformers import LlamaConfig
   from prompt_tuning import models
   with tempfile.TemporaryDirectory() as d:
     LlamaConfig(**(LLAMA_1B if size == "1b" else LLAMA_TINY)).save_pretrained(d)
-    return models.checkpoint_config(d, weights=False, dtype=dtype, attention_impl=attention)
+    return models.checkpoint_config(d, weights=False, **compute)
 
 
 def ours(case, a, anchor):
@@ -101,8 +102,9 @@ def ours(case, a, anchor):
   attention = a.attention
   if attention == "auto":
     attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
-  cfg = (_t5_config(anchor, case["size"], a.dtype, attention) if case["family"] == "t5"
-         else _llama_config(case["size"], a.dtype, attention))
+  compute = dict(dtype=a.dtype, attention_impl=attention, scan_layers=a.scan, remat=a.remat)
+  cfg = (_t5_config(anchor, case["size"], **compute) if case["family"] == "t5"
+         else _llama_config(case["size"], **compute))
   if case["kind"] == "decode":
     return _our_decode(cfg, case, a, anchor.N_PROMPT)
   opts = types.SimpleNamespace(batch=case["batch"], inp_len=case["inp"], tgt_len=case["tgt"],
@@ -216,6 +218,8 @@ def worker(a):
     except Exception as e:   # an OOM is a result too
       rec = {"error": repr(e)[:300]}
     rec.update(case=case_name(case), side=a.worker)
+    if a.worker == "ours":   # compile_s is short when this cache already held the programs
+      rec["compile_cache"] = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     print("RESULT " + json.dumps(rec), flush=True)
 
 
@@ -225,8 +229,12 @@ def run_side(side, cases, a, argv) -> list[dict]:
   for group in groups:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--worker_cases",
            json.dumps(group), "--anchor", a.anchor] + argv
+    # XLA's persistent compilation cache: a rerun on the same machine skips our compiles.
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                                                             "side_by_side_jax_cache"))
     try:
-      r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+      r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)
       got = [json.loads(l[7:]) for l in r.stdout.splitlines() if l.startswith("RESULT ")]
       err = (r.stderr.strip().splitlines() or ["no output"])[-1][:300]
     except subprocess.TimeoutExpired:
@@ -267,6 +275,8 @@ def main():
   p.add_argument("--llama_batch", type=int, default=8)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"))
+  p.add_argument("--scan", action="store_true", help="ours: scan over layers")
+  p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--decode_reps", type=int, default=3)
@@ -295,7 +305,8 @@ def main():
     a.isolate = a.isolate == "yes"
   argv = [f"--{k}={getattr(a, k)}" for k in (
       "size", "methods", "batch", "inp_len", "tgt_len", "decode_batch", "new_tokens", "llama",
-      "llama_batch", "dtype", "attention", "steps", "warmup", "decode_reps")]
+      "llama_batch", "dtype", "attention", "remat", "steps", "warmup", "decode_reps")]
+  argv += ["--scan"] if a.scan else []
   cases, rows, t0 = plan(a), [], time.time()
   for side in a.sides.split(","):
     rows += run_side(side, cases, a, argv)
