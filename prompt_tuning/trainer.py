@@ -102,6 +102,7 @@ def to_decoder_only(batch: dict) -> dict:
   return out
 
 
+@jax.jit   # one program: op-by-op on FSDP-sharded leaves, XLA:CPU's collectives could stall
 def global_norm(tree):
   """L2 norm of all leaves, computed without overflow: scaled by the largest magnitude first,
   so parameters of 1e30 (finite) give a finite norm instead of inf."""
