@@ -29,25 +29,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 def run_case(size, method, a):
+  from prompt_tuning import models
+
+  if a.attention == "auto":
+    import jax
+    a.attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  preset = "tiny" if size == "tiny" else f"t5-v1_1-{size}"
+  cfg = models.preset(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention,
+                      scan_layers=a.scan)
+  return dict(size=size, **measure_train(cfg, method, a, label=f"{size},{method}"))
+
+
+def measure_train(cfg, method, a, label=""):
+  """One training case on ``cfg`` (a ModelConfig with its compute options): timed steps of the
+  jit train step on one random batch. ``a`` carries batch, inp_len, tgt_len, prompt_length,
+  lora_rank, dtype, steps, warmup. Also used by side_by_side.py."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
 
   from prompt_tuning import methods, models, optim
   from prompt_tuning.flops import peak_flops, train_step_flops
   from prompt_tuning.trainer import Trainer
 
-  if a.attention == "auto":
-    a.attention = "cudnn" if jax.default_backend() == "gpu" else "xla"
-  preset = "tiny" if size == "tiny" else f"t5-v1_1-{size}"
-  cfg = models.preset(preset, dtype=a.dtype, remat=a.remat, attention_impl=a.attention,
-                      scan_layers=a.scan)
   t_phase = time.time()
 
   def phase(name):
     nonlocal t_phase
-    print(f"[{size},{method}] {name}: {time.time() - t_phase:.1f}s", file=sys.stderr, flush=True)
+    print(f"[{label}] {name}: {time.time() - t_phase:.1f}s", file=sys.stderr, flush=True)
     t_phase = time.time()
 
   frozen_dtype = jnp.bfloat16 if a.dtype == "bfloat16" else None
@@ -71,10 +80,12 @@ def run_case(size, method, a):
   state = tr.init_state()
   phase("trainer + state")
   t_compile = time.time()
-  for _ in range(a.warmup):
+  state, aux = tr.step(state, placed)
+  jax.block_until_ready(aux["loss"])
+  t_compile = time.time() - t_compile   # trace + compile + one step
+  for _ in range(a.warmup - 1):
     state, aux = tr.step(state, placed)
   jax.block_until_ready(aux["loss"])
-  t_compile = time.time() - t_compile
   phase("compile + warmup")
   t0 = time.time()
   for _ in range(a.steps):
@@ -84,24 +95,33 @@ def run_case(size, method, a):
   assert tr.trace_counts["train"] == 1, tr.trace_counts
   prompt = a.prompt_length if method == "prompt" else 0
   k = 6 if method == "full" else 4
-  flops = train_step_flops(cfg, a.batch * (a.inp_len + prompt), a.batch * a.tgt_len,
-                           1.0 if method == "full" else 0.0)
+  if cfg.is_encoder_decoder:
+    tokens = (a.batch * (a.inp_len + prompt), a.batch * a.tgt_len)
+  else:   # one sequence per example: prompt, inputs and targets all pass the decoder stack
+    tokens = (0, a.batch * (a.inp_len + a.tgt_len + prompt))
+  flops = train_step_flops(cfg, *tokens, 1.0 if method == "full" else 0.0)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
+  xla_peak = None
+  if peak is None:   # CPUs count no device memory: XLA's analysis of the compiled step instead
+    m = tr._train.lower(state, tr.frozen, placed).compile().memory_analysis()
+    xla_peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                - m.alias_size_in_bytes) / 2 ** 30
   peak_tf = None if peak_flops() is None else peak_flops() / len(jax.devices()) / 1e12
   tflops = flops / step_s / 1e12
   return {
       "system": f"jax{jax.__version__}+flax-nnx", "device": getattr(dev, "device_kind", str(dev)),
-      "size": size, "method": method, "batch": a.batch, "inp_len": a.inp_len,
-      "tgt_len": a.tgt_len, "prompt_len": prompt, "dtype": a.dtype, "remat": a.remat,
-      "scan_layers": a.scan,
-      "attention": a.attention, "trainable": tr.num_trainable, "step_s": round(step_s, 4),
+      "method": method, "batch": a.batch, "inp_len": a.inp_len,
+      "tgt_len": a.tgt_len, "prompt_len": prompt, "dtype": a.dtype, "remat": cfg.remat,
+      "scan_layers": cfg.scan_layers,
+      "attention": cfg.attention_impl, "trainable": tr.num_trainable, "step_s": round(step_s, 4),
       "tokens_per_s": round(a.batch * (a.inp_len + a.tgt_len) / step_s),
       "tflops": round(tflops, 1),
       "mfu": None if peak_tf is None else round(tflops / peak_tf, 3),
       "mfu_vs_790": round(tflops / 790.0, 3),
       "peak_gib": None if peak is None else round(peak / 2 ** 30, 2),
+      "xla_peak_gib": None if xla_peak is None else round(xla_peak, 3),
       "compile_s": round(t_compile, 1), "loss": round(loss, 4),
       "flop_convention": f"{k}N per token (N = matmul weights seen; prompt tokens in encoder)",
   }

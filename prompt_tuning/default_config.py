@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from prompt_tuning import methods
+from prompt_tuning import methods, sharding
 
 # The shipped pretrained tiny T5: a Hugging Face checkpoint directory with its spiece.model.
 TINY_T5 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_t5")
@@ -109,7 +109,11 @@ def get_config():
       record_batches=False,        # debugging: save each host's batch of every step
   ))
   c.mesh = ml_collections.ConfigDict(dict(
-      shape=(-1, 1),              # (data, model); -1 = all remaining devices
+      shape=(-1, 1, 1),           # (data, fsdp, model); -1 = all remaining devices. 2 entries
+                                  # (older configs) mean (data, model), fsdp = 1
+      # (logical axis, mesh axis | (mesh axes) | None) pairs, T5X / MaxText style: which mesh
+      # axes split each named dimension of the weights and activations (prompt_tuning/sharding.py)
+      axis_rules=sharding.DEFAULT_RULES,
       # multi-host: jax.distributed's coordinator, process count and this process ("", 0: one host)
       coordinator_address="", num_processes=0, process_id=0,
   ))

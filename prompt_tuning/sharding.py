@@ -1,8 +1,12 @@
-"""Mesh construction and T5X-style logical axis rules.
+"""Mesh construction and T5X / MaxText-style logical axis rules.
 
 Parameters carry logical axis names (``axes`` metadata); activations are annotated with
-:func:`with_logical_constraint`. A rule table maps logical names to mesh axes ``("data",
-"model")``. The same code runs on one CPU, one GPU, many devices and many hosts: with a single
+:func:`with_logical_constraint`. A rule table (``mesh.axis_rules`` in the config) maps logical
+names to mesh axes ``("data", "fsdp", "model")``: ``data`` and ``fsdp`` both split the batch,
+``fsdp`` also splits the weights' ``embed`` dimension (ZeRO-3 / FSDP: parameters, gradients and
+optimizer state of the trainable weights, and the frozen weights, each held once per fsdp group,
+gathered by XLA where a layer needs them), ``model`` splits the wide dimensions (tensor
+parallelism). The same code runs on one CPU, one GPU, many devices and many hosts: with a single
 device every constraint is a no-op.
 """
 from __future__ import annotations
@@ -16,23 +20,73 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "model")
+MESH_AXES = ("data", "fsdp", "model")
 
-# Logical name -> mesh axis (or None = replicated). Batch is data parallel; the wide
-# dimensions (vocab, mlp, heads) are model parallel, as in T5X's standard rules.
-DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", "data"),
+# (logical name, mesh axis | tuple of mesh axes | None = replicated), T5X's format. For each
+# dimension the first rule of its name whose mesh axes are all still free in that array (a mesh
+# axis splits one dimension at most) and whose size divides the dimension is used; otherwise the
+# dimension is replicated. Activations are (batch, length, embed): batch takes data and fsdp,
+# so embed stays whole; weights have no batch dimension, so their embed dimension takes fsdp.
+DEFAULT_RULES: tuple = (
+    ("batch", ("data", "fsdp")),
     ("vocab", "model"),
     ("mlp", "model"),
     ("heads", "model"),
     ("kv_heads", "model"),
+    ("embed", "fsdp"),
     ("kv", None),
-    ("embed", None),
     ("length", None),
     ("relpos_buckets", None),
     ("prompt", None),
     ("tasks", None),
 )
+
+
+def _mesh_axes(target) -> tuple:
+  """A rule's target as a tuple of mesh axes (None: ())."""
+  if target is None:
+    return ()
+  return (target,) if isinstance(target, str) else tuple(target)
+
+
+def check_rules(rules) -> tuple:
+  """The rules as a tuple of (name, target) pairs; a malformed rule or one naming a mesh axis
+  that does not exist is a ValueError."""
+  out = []
+  for r in rules:
+    if not (isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)):
+      raise ValueError(f"mesh.axis_rules: each rule is (logical name, mesh axis or axes or "
+                       f"None), got {r!r}")
+    target = r[1] if r[1] is None or isinstance(r[1], str) else tuple(r[1])
+    bad = [a for a in _mesh_axes(target) if a not in MESH_AXES]
+    if bad or (target is not None and not isinstance(target, str)
+               and not all(isinstance(a, str) for a in target)):
+      raise ValueError(f"mesh.axis_rules: rule {r[0]!r} names mesh axis {bad or target!r}; the "
+                       f"mesh axes are {MESH_AXES}")
+    out.append((r[0], target))
+  return tuple(out)
+
+
+def full_shape(mesh_shape: Sequence[int]) -> tuple:
+  """(data, fsdp, model) from a config's ``mesh.shape``: 3 entries as given, or 2 entries read
+  as (data, model) with fsdp = 1 (configs written before the fsdp axis)."""
+  shape = tuple(mesh_shape)
+  if len(shape) == 2:
+    return (shape[0], 1, shape[1])
+  if len(shape) != 3:
+    raise ValueError(f"mesh.shape must have 3 entries (data, fsdp, model) or 2 (data, model), "
+                     f"got {shape}")
+  return shape
+
+
+def check_mesh_config(mesh_shape, rules) -> None:
+  """What can be checked without devices: the shape's form and the rules."""
+  shape = full_shape(mesh_shape)
+  if any(not isinstance(s, int) or (s <= 0 and s != -1) for s in shape) or shape.count(-1) > 1:
+    raise ValueError(f"mesh.shape must be positive integers (data, fsdp, model), at most one "
+                     f"of them -1 (= all remaining devices); got {tuple(mesh_shape)}")
+  check_rules(rules)
+
 
 _state = threading.local()
 
@@ -119,21 +173,21 @@ def allgather_objects(items: list) -> list:
   return [x for b, n in zip(blobs, sizes.ravel()) for x in pickle.loads(b[:n].tobytes())]
 
 
-def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices=None) -> Mesh:
-  """Builds a ``(data, model)`` mesh. One entry may be -1 (= all remaining devices)."""
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+  """Builds a ``(data, fsdp, model)`` mesh (2 entries: ``(data, model)``). One entry may be -1
+  (= all remaining devices)."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = list(mesh_shape)
-  if len(shape) != 2:
-    raise ValueError(f"mesh_shape must have 2 entries (data, model), got {tuple(mesh_shape)}")
+  given = tuple(mesh_shape)
+  shape = list(full_shape(given))
   if shape.count(-1) > 1:
-    raise ValueError(f"at most one mesh_shape entry may be -1, got {tuple(mesh_shape)}")
+    raise ValueError(f"at most one mesh_shape entry may be -1, got {given}")
   if -1 in shape:
     known = math.prod(s for s in shape if s != -1)
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh_shape {tuple(mesh_shape)}")
+      raise ValueError(f"{len(devices)} devices do not divide into mesh_shape {given}")
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
-    raise ValueError(f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices, "
+    raise ValueError(f"mesh_shape {given} needs {math.prod(shape)} devices, "
                      f"{len(devices)} available")
   try:
     from jax.experimental import mesh_utils
@@ -145,22 +199,26 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1), devices=None) -> Mesh:
 
 def logical_to_spec(axes: Sequence[str | None] | None, rules=None, mesh: Mesh | None = None,
                     shape: Sequence[int] | None = None) -> P:
-  """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once, and a
-  dimension that the mesh axis does not divide stays replicated."""
+  """Maps logical axis names to a PartitionSpec: per dimension the first rule of its name whose
+  mesh axes are unused so far and (given ``mesh`` and ``shape``) divide the dimension."""
   if axes is None:
     return P()
-  table = dict(current_rules() if rules is None else rules)
+  rules = current_rules() if rules is None else rules
   used, out = set(), []
   for i, name in enumerate(axes):
-    mesh_axis = table.get(name) if name is not None else None
-    if mesh_axis is not None and mesh_axis not in used:
-      if mesh is not None and shape is not None and shape[i] % mesh.shape[mesh_axis]:
-        mesh_axis = None
-    else:
-      mesh_axis = None
-    if mesh_axis is not None:
-      used.add(mesh_axis)
-    out.append(mesh_axis)
+    pick = None
+    for rule_name, target in rules if name is not None else ():
+      cand = _mesh_axes(target)
+      if rule_name != name or not cand or used.intersection(cand):
+        continue
+      if mesh is not None and shape is not None and \
+          shape[i] % math.prod(mesh.shape[a] for a in cand):
+        continue
+      pick = cand
+      break
+    if pick:
+      used.update(pick)
+    out.append(None if not pick else pick[0] if len(pick) == 1 else pick)
   return P(*out)
 
 
@@ -190,29 +248,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:
+  """Rows split by the ``batch`` rule (by default over data x fsdp)."""
+  return NamedSharding(mesh, logical_to_spec(("batch",), rules))
 
 
-def local_data_size(mesh: Mesh) -> int:
-  """How many rows of a global batch this host's devices hold per data-parallel row block:
-  a host's rows must divide evenly over its devices along ``data``."""
-  idx = mesh.axis_names.index("data")
+def batch_axes(mesh: Mesh, rules=None) -> tuple:
+  spec = batch_sharding(mesh, rules).spec
+  return _mesh_axes(spec[0]) if len(spec) else ()
+
+
+def data_parallel_size(mesh: Mesh, rules=None) -> int:
+  """Into how many row blocks a global batch is split (a batch size must be a multiple)."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
+
+
+def local_data_size(mesh: Mesh, rules=None) -> int:
+  """How many row blocks of a global batch this host's devices hold: a host's rows must divide
+  evenly over them."""
+  idx = [mesh.axis_names.index(a) for a in batch_axes(mesh, rules)]
   local = {d.id for d in mesh.local_devices}
-  rows = {i for i, d in np.ndenumerate(mesh.devices) if d.id in local}
-  return len({i[idx] for i in rows})
+  blocks = {tuple(i[j] for j in idx) for i, d in np.ndenumerate(mesh.devices) if d.id in local}
+  return len(blocks)
 
 
-def shard_batch(batch: dict, mesh: Mesh | None):
-  """Places a host-local numpy batch on the mesh, split over ``data`` along axis 0.
+def shard_batch(batch: dict, mesh: Mesh | None, rules=None):
+  """Places a host-local numpy batch on the mesh, its rows split by the ``batch`` rule.
 
   On several hosts each host passes its own rows (see data.pipeline.host_rows); the global
   array is assembled from them.
   """
   if mesh is None:
     return jax.tree.map(jax.numpy.asarray, batch)
-  sh = batch_sharding(mesh)
-  n = local_data_size(mesh) if jax.process_count() > 1 else mesh.shape["data"]
+  sh = batch_sharding(mesh, rules)
+  n = local_data_size(mesh, rules) if jax.process_count() > 1 else data_parallel_size(mesh, rules)
   for k, v in batch.items():
     if np.shape(v)[0] % n:
       raise ValueError(f"batch[{k!r}] has {np.shape(v)[0]} rows on this host, not divisible by "

@@ -102,6 +102,7 @@ def to_decoder_only(batch: dict) -> dict:
   return out
 
 
+@jax.jit   # one program: op-by-op on FSDP-sharded leaves, XLA:CPU's collectives could stall
 def global_norm(tree):
   """L2 norm of all leaves, computed without overflow: scaled by the largest magnitude first,
   so parameters of 1e30 (finite) give a finite norm instead of inf."""
@@ -119,6 +120,7 @@ class Trainer:
     method: the method's config (selects the trainable variables).
     optimizer: OptimizerConfig (default: the method's).
     mesh: optional jax.sharding.Mesh; parameters are placed by their logical axes.
+    rules: the logical axis rules (``mesh.axis_rules``; default ``sharding.DEFAULT_RULES``).
     frozen_dtype: dtype for the frozen weights (e.g. jnp.bfloat16).
     max_encoder_length: upper bound on prompt + input length.
   """
@@ -132,7 +134,8 @@ class Trainer:
     impl = methods_lib.get(method.name)
     self.opt_cfg = optimizer or impl.default_optimizer(method)
     self.tx = optim.make(self.opt_cfg)
-    self.mesh, self.rules = mesh, rules
+    self.mesh = mesh
+    self.rules = None if rules is None else sharding.check_rules(rules)
     self.z_loss = z_loss
     self.dropout_seed = dropout_seed
     self.max_encoder_length = max_encoder_length
@@ -165,7 +168,7 @@ class Trainer:
     """A fresh state. Pure: the step donates its input state, so the initial parameters are
     copied, never handed out."""
     params = jax.tree.map(jnp.copy, self._initial_params)
-    opt_state = jax.jit(self.tx.init)(params)
+    opt_state = jax.jit(self.tx.init, out_shardings=self._opt_shardings(params))(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     if self.mesh is not None:  # scalars (step, optimizer counters) are replicated on the mesh
       rep = sharding.replicated(self.mesh)
@@ -180,6 +183,26 @@ class Trainer:
                               out_shardings=(shardings, sharding.replicated(self.mesh)))
         self._train_pinned = True
     return state
+
+  def _opt_shardings(self, params):
+    """Optimizer state laid out like the parameters it tracks (AdamW's moments: FSDP shards
+    them with the weights); anything else (counters, Adafactor's factored statistics) is
+    replicated. A state leaf tracks the parameter whose tree path ends its own, shape equal."""
+    if self.mesh is None:
+      return None
+    keystr = jax.tree_util.keystr
+    by_path = {keystr(p): (x.shape, x.sharding)
+               for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    rep = sharding.replicated(self.mesh)
+
+    def one(path, x):
+      for k in range(len(path)):
+        shape, sh = by_path.get(keystr(path[k:]), (None, None))
+        if sh is not None and shape == x.shape:
+          return sh
+      return rep
+
+    return jax.tree_util.tree_map_with_path(one, jax.eval_shape(self.tx.init, params))
 
   def model(self, params):
     """Rebuilds the NNX model from trainable params and the shared frozen state."""
@@ -207,7 +230,7 @@ class Trainer:
 
   def place(self, batch: dict, for_decode: bool = False):
     """Validates a host batch, converts it for the model's architecture and puts it on the
-    mesh (split over ``data``). What :meth:`step` takes."""
+    mesh (rows split by the ``batch`` rule). What :meth:`step` takes."""
     batch = complete_batch({k: v for k, v in batch.items() if k in MODEL_KEYS},
                            self.cfg.pad_token_id)
     self.check_batch(batch)
@@ -215,7 +238,7 @@ class Trainer:
       batch = {k: batch[k] for k in ("inputs", "input_mask", "task_ids") if k in batch}
     elif self.decoder_only and "tokens" not in batch:
       batch = to_decoder_only(batch)
-    return sharding.shard_batch(batch, self.mesh)
+    return sharding.shard_batch(batch, self.mesh, self.rules)
 
   def _logits_and_labels(self, model, batch, rng=None):
     """(logits, labels, weights) for either architecture."""

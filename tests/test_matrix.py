@@ -69,3 +69,22 @@ def test_method_on_family(preset, name, tmp_path):
   for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ck.close()
+
+
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+def test_method_under_scan_layers(name):
+  """Every registered method trains under scan_layers=True with the unrolled stack's numbers
+  (a method would have to be left out of scan_layers explicitly: none is)."""
+  kw, opt = METHODS.get(name, ({}, None))
+  runs = []
+  for scan in (False, True):
+    tr = make_trainer(methods.make(name, **kw), opt, scan_layers=scan)
+    st = tr.init_state()
+    losses = []
+    for i in range(2):
+      st, aux = tr.train_step(st, sentiment_data(64).train_batch(i, 8))
+      losses.append(float(aux["loss"]))
+    runs.append((losses, jax.tree.leaves(st.params)))
+  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+  for a, b in zip(runs[0][1], runs[1][1]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -1,5 +1,6 @@
-"""Multi-host through the CLI: 2 processes x 2 CPU devices over loopback (train with evals and
-checkpoints, resume, eval, infer) against 1 process x 4 devices. Per-host batches are disjoint
+"""Multi-host through the CLI: 2 processes x 2 CPU devices over loopback, one FSDP mesh (1, 4, 1)
+across both (train with evals and checkpoints, resume, eval, infer) against 1 process x 4
+data-parallel devices. Per-host batches are disjoint
 slices whose union is the single-process global batch, the final trainable parameters agree,
 every metrics row is written once."""
 import json
@@ -54,7 +55,8 @@ def run_two(verb, out, extra=()):
   procs = [subprocess.Popen(
       [sys.executable, "-m", "prompt_tuning.cli", verb, f"--config.output_dir={out}",
        f"--config.mesh.coordinator_address=127.0.0.1:{port}", "--config.mesh.num_processes=2",
-       f"--config.mesh.process_id={i}"] + COMMON + list(extra), cwd=ROOT, env=_env(2),
+       f"--config.mesh.process_id={i}", "--config.mesh.shape=(1,-1,1)"] + COMMON + list(extra),
+      cwd=ROOT, env=_env(2),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (o, e) in zip(procs, outs):

@@ -39,16 +39,18 @@ def build(cfg: core.ModelConfig, seed: int = 0) -> core.LanguageModel:
   return core.build(cfg, nnx.Rngs(seed))
 
 
-def load(path: str, *, param_dtype=None, **compute) -> core.LanguageModel:
+def load(path: str, *, param_dtype=None, mesh=None, rules=None, **compute) -> core.LanguageModel:
   """Loads a Hugging Face checkpoint directory (config.json + safetensors / .bin, possibly
   sharded) of any supported family, strictly (see hf.py); a Hub model id is read from the local
   Hugging Face cache (interop/hub.py). ``compute`` sets compute options (dtype, remat,
-  scan_layers, attention_impl, dropout_rate); ``param_dtype`` casts the weights."""
+  scan_layers, attention_impl, dropout_rate); ``param_dtype`` casts the weights; ``mesh`` (and
+  ``rules``) reads each tensor straight into its sharded layout (hf.load)."""
   from prompt_tuning.interop import hub   # a Hub model id -> its snapshot in the local cache
   path = hub.resolve(path)
   config = hf.read_config(path)
   family = for_model_type(config.get("model_type"), path)
-  return hf.load(family, path, config, param_dtype=param_dtype, **compute)
+  return hf.load(family, path, config, param_dtype=param_dtype, mesh=mesh, rules=rules,
+                 **compute)
 
 
 def checkpoint_config(path: str, *, weights: bool = True, **compute) -> core.ModelConfig:

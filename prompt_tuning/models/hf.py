@@ -13,6 +13,7 @@ tensor names to our parameter paths. This module does the rest, strictly:
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import math
@@ -20,6 +21,7 @@ import os
 import re
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -87,25 +89,76 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def read_safetensors(fn: str) -> dict[str, np.ndarray]:
+class LazyTensors(collections.abc.Mapping):
+  """The tensors of a checkpoint directory by name, each read from its file when asked for
+  (safetensors), so a load holds one tensor at a time on the host; ``pytorch_model.bin`` files
+  are read whole (torch.load has no per-tensor reads). Names come from the files' headers."""
+
+  def __init__(self, path: str):
+    self._where: dict[str, str] = {}
+    self._eager: dict[str, np.ndarray] = {}
+    for fn in weight_files(path):
+      if not os.path.exists(fn):
+        raise FileNotFoundError(f"checkpoint shard {fn!r} is missing")
+      if fn.endswith(".safetensors"):
+        self._where.update(dict.fromkeys(_safetensors_names(fn), fn))
+      else:
+        self._eager.update(read_torch(fn))
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key in self._eager:
+      return self._eager[key]
+    return read_safetensors(self._where[key], key)[key]
+
+  def __iter__(self):
+    return iter(list(self._where) + list(self._eager))
+
+  def __len__(self) -> int:
+    return len(self._where) + len(self._eager)
+
+  def __contains__(self, key) -> bool:
+    return key in self._where or key in self._eager
+
+
+def _safetensors_names(fn: str) -> list[str]:
+  try:
+    with open(fn, "rb") as f:
+      n = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(n)) if 0 < n < 1 << 30 else None
+  except (OSError, ValueError):
+    header = None
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{fn}: not a readable safetensors file (truncated or corrupt?)")
+  return [k for k in header if k != "__metadata__"]
+
+
+def read_safetensors(fn: str, key: str | None = None) -> dict[str, np.ndarray]:
+  """All tensors of a safetensors file (or only ``key``)."""
   from safetensors import SafetensorError, safe_open
   try:
     with safe_open(fn, framework="numpy") as f:
-      return {k: f.get_tensor(k) for k in f.keys()}
+      return {k: f.get_tensor(k) for k in (f.keys() if key is None else [key])}
   except (SafetensorError, OSError, ValueError, TypeError) as e:
     if "bfloat16" in str(e) or "bf16" in str(e).lower():
-      return _read_safetensors_bf16(fn)
+      return _read_safetensors_bf16(fn, key)
     raise CheckpointError(f"{fn}: not a readable safetensors file (truncated or corrupt?): "
                           f"{' '.join(str(e).split())[:200]}") from e
 
 
-def _read_safetensors_bf16(fn: str) -> dict[str, np.ndarray]:
+def _read_safetensors_bf16(fn: str, key: str | None = None) -> dict[str, np.ndarray]:
   """numpy has no bfloat16: read through ml_dtypes (a JAX dependency) and widen to float32."""
   import ml_dtypes
   with open(fn, "rb") as f:
-    raw = f.read()
-  n = int.from_bytes(raw[:8], "little")
-  header = json.loads(raw[8:8 + n])
+    n = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(n))
+    if key is not None:   # one tensor: read its bytes only
+      a, b = header[key]["data_offsets"]
+      f.seek(8 + n + a)
+      header, raw = {key: dict(header[key], data_offsets=(0, b - a))}, f.read(b - a)
+      n = -8
+    else:
+      f.seek(0)
+      raw = f.read()
   dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
             "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
   out = {}
@@ -262,8 +315,10 @@ def _normalise_names(sd: dict, wm: WeightMap, expected: set[str]) -> dict:
           for k, v in sd.items()}
 
 
-def params_from_hf(family: Family, cfg: core.ModelConfig, sd: dict, source: str) -> dict:
-  """Maps a HF state dict to {our path: array}, consuming every tensor or failing."""
+def params_from_hf(family: Family, cfg: core.ModelConfig, sd, source: str, put=None) -> dict:
+  """Maps a HF state dict (a dict or :class:`LazyTensors`) to {our path: array}, consuming
+  every tensor or failing. ``put(path, numpy value)`` places each value as it is made (on the
+  devices), so the host holds one tensor at a time."""
   wm = family.weights(cfg)
   expected = {t.hf for t in wm.tensors}
   sd = _normalise_names(sd, wm, expected)
@@ -283,7 +338,7 @@ def params_from_hf(family: Family, cfg: core.ModelConfig, sd: dict, source: str)
     except ValueError as e:
       raise CheckpointError(f"{source}: tensor {t.hf!r} has shape {w.shape}, which does not fit "
                             f"the config ({e})") from e
-    out.update(zip(t.ours, values))
+    out.update((path, v if put is None else put(path, v)) for path, v in zip(t.ours, values))
   for alias, original in wm.aliases.items():
     if alias in sd:
       if original not in sd or not np.array_equal(sd[alias], sd[original]):
@@ -307,11 +362,13 @@ def fill_model(abstract: nnx.Module, values: dict, dtype=None, source: str = "ch
     target = dtype if dtype is not None else var.dtype
     if path not in values:
       raise CheckpointError(f"{source}: no value for model parameter {'/'.join(map(str, path))}")
-    v = np.zeros(var.shape, np.float32) if values[path] is None else np.asarray(values[path])
+    v = values[path]
+    v = np.zeros(var.shape, np.float32) if v is None else v if isinstance(v, jax.Array) \
+        else np.asarray(v)
     if tuple(v.shape) != tuple(var.shape):
       raise CheckpointError(f"{source}: shape mismatch for {'/'.join(map(str, path))}: checkpoint "
                             f"{tuple(v.shape)}, model {tuple(var.shape)}")
-    var.set_value(jnp.asarray(v, dtype=target))
+    var.set_value(v.astype(target) if isinstance(v, jax.Array) else jnp.asarray(v, dtype=target))
   return nnx.merge(graphdef, state)
 
 
@@ -329,12 +386,30 @@ def model_config(family: Family, path: str, hf_config: dict, sd: dict,
   return cfg.replace(**compute)
 
 
-def load(family: Family, path: str, hf_config: dict, *, param_dtype=None, **compute):
-  """Loads a checkpoint directory of ``family`` (see families.load for the dispatch)."""
-  sd = read_state_dict(path)
+def load(family: Family, path: str, hf_config: dict, *, param_dtype=None, mesh=None, rules=None,
+         **compute):
+  """Loads a checkpoint directory of ``family`` (see families.load for the dispatch), tensor by
+  tensor: each is read, converted to ``param_dtype`` and placed on the devices before the next
+  is read; with ``mesh`` straight into its sharded layout (its logical axes under ``rules``),
+  each device receiving only its shard, so no device ever holds a whole unsharded model."""
+  sd = LazyTensors(path)
   cfg = model_config(family, path, hf_config, sd, **compute)
-  values = params_from_hf(family, cfg, sd, path)
   abstract = nnx.eval_shape(lambda: core.build(cfg, nnx.Rngs(0)))
+  variables = dict(nnx.to_flat_state(nnx.state(abstract)))
+
+  def put(p, value):
+    var = variables.get(p)
+    if var is None or tuple(value.shape) != tuple(var.shape):
+      return value   # fill_model reports it
+    value = np.asarray(value, param_dtype or var.dtype)
+    if mesh is None:
+      return jnp.asarray(value)
+    from prompt_tuning import sharding
+    spec = sharding.logical_to_spec(var.get_metadata().get("axes"), rules, mesh, value.shape)
+    return jax.make_array_from_callback(value.shape, jax.sharding.NamedSharding(mesh, spec),
+                                        lambda index: value[index])
+
+  values = params_from_hf(family, cfg, sd, path, put)
   return fill_model(abstract, values, dtype=param_dtype, source=path)
 
 

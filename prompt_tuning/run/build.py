@@ -78,7 +78,7 @@ def model_reference(config) -> dict:
 
 
 # ------------------------------------------------------------------------------ model
-def build_model(config):
+def build_model(config, mesh=None, rules=None):
   """(frozen model, vocabulary). The model is a HF checkpoint directory (read before its
   tokenizer, so a broken checkpoint is the error reported), that checkpoint's architecture with
   random weights (model.random_init: the no-pretraining baseline), or a randomly initialised
@@ -90,7 +90,7 @@ def build_model(config):
     if m.random_init:
       model = models.build(models.checkpoint_config(m.hf_checkpoint, **compute), seed=config.seed)
     else:
-      model = models.load(m.hf_checkpoint, **compute)
+      model = models.load(m.hf_checkpoint, mesh=mesh, rules=rules, **compute)
     vocab = load_vocab(config)
   else:
     vocab = load_vocab(config)
@@ -179,6 +179,9 @@ def build(config, with_data: bool = True) -> Experiment:
   """Everything a run needs: vocab, model, trainer, mesh and (``with_data``) this host's
   training iterator and eval batches."""
   start(config)
+  # The mesh first: a shape that does not fit the devices fails before any model is read.
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  rules = config.mesh.axis_rules
   train_task, eval_tasks = resolve_tasks(config)
   own = None
   if with_data:
@@ -188,12 +191,11 @@ def build(config, with_data: bool = True) -> Experiment:
       own = files.OwnData(config.data, jax.process_index())
   mcfg = method_config(config)
   ocfg = optimizer_config(config, mcfg)
-  model, vocab = build_model(config)
+  model, vocab = build_model(config, mesh, rules)
   methods_lib.attach(model, mcfg, tokenize=vocab.encode)
   interop.init_from(model, mcfg, config.method.init_from)  # a PEFT adapter or a prompt file
-  mesh = sharding.make_mesh(tuple(config.mesh.shape))
   frozen_dtype = jnp.dtype(config.model.frozen_dtype) if config.model.frozen_dtype else None
-  trainer = Trainer(model, mcfg, ocfg, mesh=mesh, frozen_dtype=frozen_dtype,
+  trainer = Trainer(model, mcfg, ocfg, mesh=mesh, rules=rules, frozen_dtype=frozen_dtype,
                     z_loss=config.train.z_loss, dropout_seed=config.seed,
                     max_encoder_length=config.train.max_encoder_length)
   d, tc = config.data, config.train
@@ -205,7 +207,7 @@ def build(config, with_data: bool = True) -> Experiment:
   if d.pack and extra:
     raise ValueError(f"method {mcfg.name!r} adds {extra} prompt positions per row, which cannot "
                      f"serve several packed examples; set data.pack=False")
-  data_devices = mesh.shape["data"]
+  data_devices = sharding.data_parallel_size(mesh, trainer.rules)
   if tc.batch_size % data_devices:
     raise ValueError(f"train.batch_size={tc.batch_size} must be a multiple of the "
                      f"{data_devices} data-parallel devices "

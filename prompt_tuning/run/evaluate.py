@@ -49,7 +49,8 @@ def decode_by_index(exp, params, batch: dict, prompts=None) -> dict[int, str]:
   pred = exp.trainer.decode(params, batch, exp.config.train.max_decode_length, prompts)
   # The indices take the predictions' path through the mesh: on several hosts the global row
   # order follows the mesh, not the process order.
-  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh)["index"])
+  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh,
+                                               exp.trainer.rules)["index"])
   return {int(i): exp.vocab.decode(p) for i, p in zip(index, pred) if i >= 0}
 
 
@@ -76,7 +77,8 @@ def rank_by_index(exp, params, batch: dict, labels) -> dict[int, tuple[str, list
          "targets": np.tile(row, (n, 1)), "target_weights": np.tile(w, (n, 1))}
     scores.append(sharding.gather(exp.trainer.score(params, b)))
   scores = np.stack(scores, axis=1)
-  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh)["index"])
+  index = sharding.gather(sharding.shard_batch({"index": batch["index"]}, exp.mesh,
+                                               exp.trainer.rules)["index"])
   return {int(i): (labels[int(np.argmax(s))], s.tolist()) for i, s in zip(index, scores)
           if i >= 0}
 

@@ -192,7 +192,8 @@ def host_batch(exp, texts) -> dict:
   data-parallel devices (padding repeats the last text, with index -1: never reported)."""
   cfg = exp.config
   n = len(texts)
-  g = round_up(n, math.lcm(exp.mesh.shape["data"], jax.process_count()))
+  g = round_up(n, math.lcm(sharding.data_parallel_size(exp.mesh, exp.trainer.rules),
+                           jax.process_count()))
   ex = [{"inputs": t, "targets": ""} for t in texts]
   arr = arrays_lib.encode_examples(ex, exp.vocab, cfg.data.max_input_length, 1,
                                    cfg.data.truncate)

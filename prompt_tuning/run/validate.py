@@ -26,7 +26,7 @@ train.record_batches
 data.eval_tasks data.num_eval data.download
 method.init_from method.prompt.init_from_run
 model.remat model.scan_layers model.attention_impl
-mesh.shape mesh.coordinator_address mesh.num_processes mesh.process_id
+mesh.shape mesh.axis_rules mesh.coordinator_address mesh.num_processes mesh.process_id
 """.split())
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -110,10 +110,8 @@ def validate(config):
   if not t.divergence_factor > 1:
     _fail(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
 
-  shape = tuple(config.mesh.shape)
-  if len(shape) != 2 or any(not isinstance(s, int) or (s <= 0 and s != -1) for s in shape):
-    _fail(f"mesh.shape must be two positive integers (data, model), one of them may be -1; "
-          f"got {shape}")
+  from prompt_tuning import sharding
+  sharding.check_mesh_config(config.mesh.shape, config.mesh.axis_rules)
 
 
 # ----------------------------------------------------------------------------- drift
