@@ -75,7 +75,7 @@ def test_method_on_family(preset, name, tmp_path):
 def test_method_under_scan_layers(name):
   """Every registered method trains under scan_layers=True with the unrolled stack's numbers
   (a method would have to be left out of scan_layers explicitly: none is)."""
-  kw, opt = METHODS.get(name, ({}, None))
+  kw, opt, _ = options(name)
   runs = []
   for scan in (False, True):
     tr = make_trainer(methods.make(name, **kw), opt, scan_layers=scan)
