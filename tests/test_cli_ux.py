@@ -13,13 +13,7 @@ import pytest
 
 from prompt_tuning import cli, events
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Not the defaults (num_train 2000, batch 32, 300 steps ...): the old way must repeat them all.
-SMALL = ["--config.method.prompt.length=8", "--config.data.num_train=128",
-         "--config.data.num_eval=32", "--config.train.batch_size=8",
-         "--config.train.num_steps=4", "--config.train.log_every=2",
-         "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
-         "--config.train.eval_batch_size=32"]
+from tests.test_cli import ROOT, SMALL   # not the defaults: the old way must repeat them all
 TEXTS = ["review: the teacher found a wonderful box", "review: a terrible and boring storm",
          "review: my neighbour liked the happy garden"]
 
