@@ -122,6 +122,8 @@ def test_a_changed_base_model_is_refused_by_every_verb(runs, tmp_path, capsys):
     open(weights, "wb").write(changed)
     for verb, extra, what in [("eval", [], "evaluate"),
                               ("infer", ["--input=review: good"], "infer"),
+                              ("infer", [f"--prompt_run=t={out}", "--input=t::review: good"],
+                               "infer"),
                               ("export", ["--format=prompt", f"--out={tmp_path}/x"], "export"),
                               ("train", ["--config.train.num_steps=8"], "resume")]:
       rc, _, err = execute(capsys, verb, out, model, *extra)

@@ -171,6 +171,9 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
     if meta.get("model") != ref:
       raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
                        f"not {ref}")
+    run_config = config.copy_and_resolve_references()
+    run_config.output_dir = run_dir   # the error names the run whose base model differs
+    provenance.check_model(meta, run_config, what="infer")   # same path, same files?
     try:
       impl.check_mixable(exp.method, theirs)
     except ValueError as e:
