@@ -248,6 +248,9 @@ def execute(command: str, argv) -> int:
   except ConfigError as e:
     print(f"error: {error_line(e)}", file=sys.stderr)
     return 2
+  except BrokenPipeError:   # `prompt-tuning train --help | head`: the reader has all it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit's flush
+    return 0
   except (ValueError, KeyError, OSError, ImportError, loop.TrainingError) as e:
     print(f"error: {type(e).__name__}: {error_line(e)}", file=sys.stderr)
     return 2

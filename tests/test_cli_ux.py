@@ -67,6 +67,17 @@ def test_help_lists_verbs_flags_and_every_key_with_default_and_comment(capsys):
   assert "get_sweep() in the config file returns a list of runs" in out
 
 
+def test_help_into_a_pipe_closed_early_is_quiet():
+  """`prompt-tuning train --help | head -3`: the reader goes away; no error line, status 0."""
+  import subprocess
+  p = subprocess.Popen([sys.executable, "-m", "prompt_tuning.cli", "train", "--help"],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, bufsize=0)
+  assert p.stdout.read(10) == b"usage: pro"
+  p.stdout.close()   # before the ~230 lines of help are written: the next write gets EPIPE
+  assert p.wait(timeout=120) == 0 and p.stderr.read() == b""
+
+
 def test_config_verb_prints_the_resolved_config(capsys):
   rc, out, err = call(capsys, "config", "--config",
                       os.path.join(ROOT, "configs", "repro_lester.py"), "--config.train.num_steps=7")
