@@ -438,6 +438,24 @@ def test_seqio_eval_batches_cover_every_example_once_with_raw_targets(sq):
       ["super_glue_rte"] * 11
 
 
+def test_record_eval_reads_every_answer_row_in_memory(sq):
+  """ReCoRD makes a row per answer: its dev set is read in memory (the streamed eval counts
+  source examples and would run past them), alone and inside a mixture."""
+  tasks, SP, tfds = sq
+  from prompt_tuning.data import inputs
+  from prompt_tuning.data import vocab as vocab_lib
+  v = vocab_lib.default_vocab()
+  lengths = {"inputs": 256, "targets": 16}
+  with tfds.testing.mock_data(num_examples=5):
+    for task in ("super_glue_record", "super_glue_rte+super_glue_record"):
+      ev = inputs.eval_batches(task, vocab=v, feature_lengths=lengths, global_batch_size=4,
+                               truncate=True)
+      rows = [r for _, raw in ev for r in raw]
+      assert not isinstance(ev, SP.SeqioEvalBatches)
+      assert rows == [dict(r, task=t) if "+" in task else r for t, _ in
+                      tasks.mixture_tasks(task) for r in tasks.text_examples(t, "validation")]
+
+
 def test_seqio_tokens_equal_in_memory_tokens(sq):
   tasks, SP, tfds = sq
   from prompt_tuning.data import vocab as vocab_lib

@@ -141,7 +141,9 @@ def eval_batches(task: str, *, vocab, feature_lengths: dict, global_batch_size: 
   if synthetic.mixture_parts(task):
     stream = False
   elif stream is None:   # per-example task ids: in memory (the streamed sets lack them)
-    stream = _spm_path(vocab) is not None and not task_names
+    # ReCoRD's rows per answer, too: SeqioEvalBatches counts and indexes the source examples
+    stream = _spm_path(vocab) is not None and not task_names and \
+        not _seqio_tasks().expands(task)
   if stream:
     if task_names:
       raise ValueError("per-example task ids (method.prompt.tasks) need in-memory data for now")

@@ -73,6 +73,11 @@ def mixture_tasks(name: str) -> list[tuple[str, float]]:
   return [(t.name, float(mix.get_rate(t))) for t in mix.tasks]
 
 
+def expands(name: str) -> bool:
+  """Whether a task of ``name`` makes several rows of one example (ReCoRD: one per answer)."""
+  return any(SPECS[t].expand for t, _ in mixture_tasks(name) if t in SPECS)
+
+
 def apportion(n: int, rates, minimum: int = 1) -> list[int]:
   """Splits ``n`` by ``rates`` (largest remainder), at least ``minimum`` each when n allows."""
   r = np.asarray(rates, np.float64) / np.sum(rates)
