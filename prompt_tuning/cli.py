@@ -242,22 +242,22 @@ def execute(command: str, argv) -> int:
       return 0
     fv, config, config_file = parse(command, argv)
     result = dispatch(command, fv, config, config_file)
+    if result is not None:
+      print(json.dumps(result, indent=1, sort_keys=True), flush=True)
+    if command == "train":
+      print(train_summary(result, config), file=sys.stderr, flush=True)
   except stop.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     return stop.EXIT_PREEMPTED
   except ConfigError as e:
     print(f"error: {error_line(e)}", file=sys.stderr)
     return 2
-  except BrokenPipeError:   # `prompt-tuning train --help | head`: the reader has all it wanted
+  except BrokenPipeError:   # `... --help | head`, `eval ... | true`: the reader has gone
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit's flush
     return 0
   except (ValueError, KeyError, OSError, ImportError, loop.TrainingError) as e:
     print(f"error: {type(e).__name__}: {error_line(e)}", file=sys.stderr)
     return 2
-  if result is not None:
-    print(json.dumps(result, indent=1, sort_keys=True), flush=True)
-  if command == "train":
-    print(train_summary(result, config), file=sys.stderr, flush=True)
   return 0
 
 

@@ -128,6 +128,20 @@ def test_streamed_hosts_read_disjoint_shares_that_cover_the_file(tmp_path, fmt):
   assert sorted(texts[0] + texts[1]) == sorted(r["text"] for r in records)
 
 
+def test_streamed_classification_needs_its_label_set_given(tmp_path):
+  """Streamed training files are not read ahead: a label set from the dev file alone could miss
+  a class (macro F1 and rank classification over too few labels), so it must be given."""
+  path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a b", "label": "yes"}])
+  write_jsonl(tmp_path / "d.jsonl", [{"text": "a b", "label": "no"}])
+  c = get_config().data
+  c.train_file, c.eval_file, c.stream_above_mb = path, str(tmp_path / "d.jsonl"), 0
+  with pytest.raises(ValueError, match="is not read ahead for its label set; give "
+                                       "data.label_map"):
+    files.OwnData(c)
+  c.label_map = "yes=yes,no=no"
+  assert files.OwnData(c).labels == ("yes", "no")
+
+
 def test_streamed_iterator_resumes_exactly(tmp_path):
   path = write_jsonl(tmp_path / "train.jsonl", unique_records(101))
   it, _ = stream(path, 4, hosts=2, host=1, buffer=16)

@@ -37,8 +37,13 @@ def test_sweep_runs_and_summarizes(tmp_path):
   assert json.load(open(tmp_path / "summary.json")) == res["summary"]
   # Every run logged TensorBoard scalars.
   assert len(glob.glob(str(tmp_path / "*" / "tensorboard" / "events.out.tfevents.*"))) == 3
-  with pytest.raises(ValueError, match="unknown config key"):
-    sweep_lib.sweep(small(tmp_path / "bad"), [{"name": "x", "method.nope": 1}])
+  # Every run's overrides are checked before the first run trains.
+  with pytest.raises(ValueError, match="unknown sweep override key 'method.nope'"):
+    sweep_lib.sweep(small(tmp_path / "bad"), [{"name": "ok", "seed": 1},
+                                              {"name": "x", "method.nope": 1}])
+  with pytest.raises(ValueError, match=r"sweep override train.num_steps=1000.0: "):
+    sweep_lib.sweep(small(tmp_path / "bad"), [{"name": "y", "train.num_steps": 1e3}])
+  assert not os.path.exists(tmp_path / "bad" / "ok")
 
 
 def test_shipped_configs_load_and_sweeps_are_well_formed():

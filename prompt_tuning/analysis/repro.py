@@ -44,10 +44,8 @@ def task_score(m: dict, metric: str | None = None) -> float:
     if metric not in m:
       raise ValueError(f"metric {metric!r} not in the results; have {sorted(m)}")
     return float(m[metric])
-  if "avg" in m:                       # CB, MultiRC: the mean of their two metrics
+  if "avg" in m:                       # CB, MultiRC, ReCoRD: the mean of their two metrics
     return float(m["avg"])
-  if "exact_match" in m and "f1" in m:  # ReCoRD
-    return (float(m["exact_match"]) + float(m["f1"])) / 2
   return float(m["accuracy"])
 
 

@@ -322,6 +322,10 @@ class OwnData:
     if self.task_type == "classification":
       if self.format.label_map is not None:
         self.labels = tuple(dict.fromkeys(self.format.label_map.values()))
+      elif self.stream_paths:   # the dev set alone could miss a class: wrong macro F1 and ranks
+        raise ValueError(f"{d.train_file}: streamed training data (over data.stream_above_mb) "
+                         f"is not read ahead for its label set; give data.label_map (e.g. "
+                         f"'yes=yes,no=no') or data.task_type=generation")
       else:
         seen = [e["targets"] for e in (self.train or []) + self.dev]
         self.labels = tuple(sorted(set(seen)))
@@ -385,7 +389,7 @@ class OwnData:
       elif m == "rouge":
         out.update(metrics_lib.rouge(("rougeL",))(targets, predictions))
       else:
-        out.update(metrics_lib.bleu()(targets, predictions))
+        out.update(metrics_lib.bleu("13a")(targets, predictions))   # sacreBLEU's default
     return out
 
   # -- iterators

@@ -6,13 +6,14 @@ before scoring. ``evaluate`` scores a stored checkpoint."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
 from prompt_tuning import checkpoint as ckpt_lib
 from prompt_tuning import events, metrics, provenance, sharding
 from prompt_tuning.data import files, synthetic
-from prompt_tuning.run.build import build, import_tasks, is_synthetic, start
+from prompt_tuning.run.build import build, import_tasks, is_synthetic, resolve_tasks, start
 from prompt_tuning.run.validate import check_stored_run
 
 
@@ -30,7 +31,7 @@ def run_labels(config) -> tuple[str, ...]:
   """The class labels of a run's training task (own data: its label set)."""
   if files.is_own(config.data):
     return files.OwnData(config.data).labels
-  return label_set(config.data.task)
+  return label_set(resolve_tasks(config)[0])   # data.domain_shift: its training task
 
 
 def score(name: str, examples: list[dict], predictions: list[str]) -> dict:
@@ -93,7 +94,8 @@ def evaluate_set(exp, name: str, ev, params) -> dict:
   ranked: dict[int, str] = {}
   # Plain progress lines only for long evaluations (every 30 s) when not on a terminal.
   bar = events.Progress(getattr(ev, "num_batches", 0), label=f"eval {name}",
-                        unit="batches", interval=30.0, enabled=sharding.is_main_process())
+                        unit="batches", interval=30.0, stream=sys.stderr,
+                        enabled=sharding.is_main_process())
   for batch, raw in ev:
     out = {k: sharding.gather(v) for k, v in trainer.eval_step(params, batch).items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in out}

@@ -17,7 +17,7 @@ from prompt_tuning.data import arrays as arrays_lib
 from prompt_tuning.data import files
 from prompt_tuning.data.pipeline import host_rows, round_up
 from prompt_tuning.run.build import build, model_reference, start
-from prompt_tuning.run.evaluate import decode_by_index, label_set, rank_by_index, run_labels
+from prompt_tuning.run.evaluate import decode_by_index, rank_by_index, run_labels
 from prompt_tuning.run.validate import check_stored_run
 
 
@@ -122,7 +122,7 @@ def infer_file(config, input_file: str, output_file: str = "-", step: int | None
   (None when the records went to stdout)."""
   own = files.OwnData(config.data) if files.is_own(config.data) else None
   records = read_records(input_file, own.format.template if own else "")
-  labels = own.labels if own else label_set(config.data.task)
+  labels = own.labels if own else run_labels(config)
   exp, params, at = restore(config, step, allow_changed)
   size = config.train.eval_batch_size
   to_stdout = output_file == "-"

@@ -24,16 +24,19 @@ SWEEP_DIR = "{sweep_dir}"
 
 
 def apply_overrides(config, overrides: dict):
-  """Returns a copy of ``config`` with dotted-key overrides ("method.prompt.length": 50)."""
+  """Returns a copy of ``config`` with dotted-key overrides ("method.prompt.length": 50); an
+  unknown key or a value of the wrong type is a ConfigError naming it."""
   c = copy.deepcopy(config)
   c.unlock()
   for key, value in overrides.items():
+    config_io.check_key(c, key, "sweep override key")
     node, parts = c, key.split(".")
     for p in parts[:-1]:
       node = node[p]
-    if parts[-1] not in node:
-      raise ValueError(f"sweep override names unknown config key {key!r}")
-    node[parts[-1]] = value
+    try:
+      node[parts[-1]] = value
+    except TypeError as e:   # ml_collections refuses a value of another type than the default's
+      raise config_io.ConfigError(f"sweep override {key}={value!r}: {e}") from None
   c.lock()
   return c
 
@@ -72,15 +75,17 @@ def sweep(config, runs: list[dict], metric: str | None = None) -> dict:
   base_dir = config.output_dir
   os.makedirs(base_dir, exist_ok=True)
   share_compilations()
-  results, groups = {}, {}
-  for run in runs:
+  results, groups, planned = {}, {}, []
+  for run in runs:   # every run's config first: a bad override stops the sweep before run 1
     run = dict(run)
     name = run.pop("name")
     groups[name] = run.pop("group", name)
     tags = run.pop("tags", {})
     run = {k: v.replace(SWEEP_DIR, base_dir) if isinstance(v, str) else v
            for k, v in run.items()}
-    c = apply_overrides(config, dict(run, output_dir=os.path.join(base_dir, name)))
+    planned.append((name, tags, run, apply_overrides(
+        config, dict(run, output_dir=os.path.join(base_dir, name)))))
+  for name, tags, run, c in planned:
     print(f"=== sweep run {name}: {run}", flush=True)
     results[name] = train(c)
     append_jsonl(os.path.join(base_dir, "results.jsonl"),

@@ -14,8 +14,9 @@ given to :func:`register_mlsum`. They are read line by line (a seqio TextLineDat
 parsed in the pipeline), so they stream, shard per host and resume exactly like TFDS sources.
 
 Mixtures sample their tasks examples-proportionally, capped at 2**19 examples (T5): the size of
-a task's training split comes from its source (TFDS metadata, the MLSum file) or, when that is
-unavailable (data not prepared yet, mocked data), from the published sizes in ``TRAIN_SIZES``.
+a task's training split is its spec's ``train_size`` where T5 fixes the rate (ReCoRD), else
+comes from its source (TFDS metadata, the MLSum file) or, when that is unavailable (data not
+prepared yet, mocked data), from the published sizes in ``TRAIN_SIZES``.
 """
 from __future__ import annotations
 
@@ -277,7 +278,7 @@ def _postprocess(spec: TaskSpec):
 
 def _tokenize_keep_extras(dataset, output_features):
   # Keeps the untokenized text (inputs_pretokenized, targets_pretokenized) and the extra fields
-  # (group, answers) for the metrics; training pipelines drop them before batching.
+  # (group, answers, label: see EXTRAS) for the metrics; training pipelines drop them.
   return seqio.preprocessors.tokenize(dataset, output_features, copy_pretokenized=True)
 
 
@@ -391,7 +392,8 @@ RATE_CAP = 2 ** 19
 
 
 def num_train_examples(task) -> int:
-  """Training examples of a task: from its source, else the published size."""
+  """Training examples of a task: its spec's ``train_size`` (T5's rate for a task whose rows
+  are not its examples: ReCoRD's), else from its source, else the published size."""
   base = task.name[:-len("_with_instructions")] if task.name.endswith("_with_instructions") \
       else task.name
   spec = SPECS.get(base)
