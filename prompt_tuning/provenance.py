@@ -5,7 +5,8 @@ for every resume); every checkpoint step stores it in its verified metadata next
 number, and every data-iterator state is bound to its (run id, step). A step copied in from
 another run, or a data state copied from another step, is then unusable like a corrupt one: the
 newest step of this run is used instead, with one warning line (see prompt_tuning/checkpoint.py).
-Checkpoints from before run ids, and run directories without an identity file, are not checked.
+Checkpoints from before run ids are not checked; a run directory without an identity file
+adopts its newest checkpoint's id when training resumes.
 
 Frozen model. The tuning checkpoints reference the frozen model by path; its content is recorded
 too: name, size and sha256 of every file the loader reads (weights, config and tokenizer files).
@@ -128,6 +129,8 @@ def fingerprint_dir(directory: str) -> dict:
       cache = json.load(f)
   except (OSError, ValueError):
     cache = {}
+  if not isinstance(cache, dict):   # valid JSON of another shape: a cache to rebuild
+    cache = {}
   files, fresh = {}, {}
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
@@ -136,7 +139,8 @@ def fingerprint_dir(directory: str) -> dict:
     st = os.stat(path)
     real = os.path.realpath(path)
     hit = cache.get(real)
-    digest = hit[2] if hit and hit[:2] == [st.st_size, st.st_mtime_ns] else _sha256_file(path)
+    digest = hit[2] if isinstance(hit, list) and len(hit) == 3 and \
+        hit[:2] == [st.st_size, st.st_mtime_ns] else _sha256_file(path)
     fresh[real] = [st.st_size, st.st_mtime_ns, digest]
     files[name] = {"size": st.st_size, "sha256": digest}
   if fresh != cache:

@@ -54,7 +54,8 @@ def check_rules(rules) -> tuple:
   that does not exist is a ValueError."""
   out = []
   for r in rules:
-    if not (isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)):
+    if not (isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)
+            and (r[1] is None or isinstance(r[1], (str, tuple, list)))):
       raise ValueError(f"mesh.axis_rules: each rule is (logical name, mesh axis or axes or "
                        f"None), got {r!r}")
     target = r[1] if r[1] is None or isinstance(r[1], str) else tuple(r[1])

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -287,6 +288,27 @@ def test_missing_tensor_and_tied_copy_that_differs(hf_models, tmp_path):
   save_file(sd, str(dst / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(hf.CheckpointError, match="lacks tensor 'transformer.h.0.mlp.c_fc.bias'"):
     models.load(str(dst))
+
+
+def test_bare_base_model_names_load_lazily(hf_models, tmp_path, monkeypatch):
+  """A bare GPT-2 checkpoint (the official ``gpt2``: no ``transformer.`` prefix, no head) loads
+  the same weights, and still one tensor at a time: no name is read twice or before it is
+  needed (the renaming is a view, not a copy of every tensor)."""
+  from safetensors.numpy import load_file, save_file
+  src = hf_models["gpt2"][1]
+  dst = _copy(src, tmp_path)
+  sd = load_file(str(dst / "model.safetensors"))
+  bare = {k.removeprefix("transformer."): v for k, v in sd.items() if k != "lm_head.weight"}
+  save_file(bare, str(dst / "model.safetensors"), metadata={"format": "pt"})
+  reads = []
+  real = hf.read_safetensors
+  monkeypatch.setattr(hf, "read_safetensors", lambda fn, key=None: reads.append(key) or
+                      real(fn, key))
+  got = nnx.state(models.load(str(dst)), nnx.Param)
+  assert sorted(reads) == sorted(bare) and len(reads) == len(set(reads))
+  want = nnx.state(models.load(str(src)), nnx.Param)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("name,key,value,msg", [

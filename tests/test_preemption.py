@@ -140,6 +140,26 @@ def test_stop_at_an_evaluation_step_leaves_the_evaluation_to_the_resumed_run(
   assert best(out)["dev_perplexity"] == best(uninterrupted)["dev_perplexity"]
 
 
+def test_a_signal_during_the_build_stops_before_the_first_step(tmp_path, capsys):
+  """SIGTERM while the model loads: no compile and step first (the grace period may be short);
+  nothing is saved and the line says so."""
+  out = str(tmp_path / "run")
+  real = stop.StopSignals.requested
+  def requested(self):   # the signal lands before the loop's first look at the flag
+    if self.signum is None:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(self)
+  stop.StopSignals.requested = requested
+  try:
+    assert train_in_process(out) == stop.EXIT_PREEMPTED
+  finally:
+    stop.StopSignals.requested = real
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "stopped by SIGTERM after step 0 (before training on): nothing saved; run the same command "
+      "again to start")
+  assert logged_steps(out) == [] and not os.listdir(os.path.join(out, "checkpoints"))
+
+
 def test_second_ctrl_c_aborts_at_once_without_a_traceback(tmp_path):
   out = str(tmp_path / "run")
   err_path = tmp_path / "stderr"

@@ -4,7 +4,7 @@ imports every module, so a new method is one new file.
 
 A method owns (1) its options and their validation (its MethodConfig), (2) attaching its
 variables to a model through the core's hooks (``Dense.adapter``, ``Stack.kv_prefix``, the prompt
-slot), each a :class:`MethodParam`, (3) which variables are trainable (an nnx filter), (4) its
+slot), each trainable one a :class:`MethodParam`, (3) which variables are trainable (an nnx filter), (4) its
 trainable state as named arrays, (5) its default optimizer, the sequence length it adds (soft
 prompts) and the task features batches must carry for it, and (6) its PEFT form
 (``peft_type``, :meth:`Method.to_peft` / :meth:`Method.from_peft`, or a refusal that names it).
@@ -116,7 +116,7 @@ class Method:
   def from_prompt(self, model, cfg: MethodConfig, value: np.ndarray) -> None:
     """Sets the method's state from a prompt file's [length, d_model] array."""
     raise ValueError(f"method {self.name!r} cannot start from a prompt file"
-                     + (f" (it starts from a PEFT {self.peft_type} adapter)"
+                     + (f" (its PEFT form is a {self.peft_type} adapter)"
                         if self.peft_type else ""))
 
 

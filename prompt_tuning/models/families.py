@@ -62,7 +62,7 @@ def checkpoint_config(path: str, *, weights: bool = True, **compute) -> core.Mod
   path = hub.resolve(path)
   hf_config = hf.read_config(path)
   family = for_model_type(hf_config.get("model_type"), path)
-  sd = hf.read_state_dict(path) if weights else {}
+  sd = hf.LazyTensors(path) if weights else {}   # from_hf reads the few tensors it looks at
   return hf.model_config(family, path, hf_config, sd, **compute)
 
 

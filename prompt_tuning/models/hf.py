@@ -76,19 +76,6 @@ def weight_files(path: str) -> list[str]:
       f"index (*.index.json); found {sorted(names)}")
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a HF checkpoint directory as numpy (bfloat16 read as float32)."""
-  out: dict[str, np.ndarray] = {}
-  for fn in weight_files(path):
-    if not os.path.exists(fn):
-      raise FileNotFoundError(f"checkpoint shard {fn!r} is missing")
-    if fn.endswith(".safetensors"):
-      out.update(read_safetensors(fn))
-    else:
-      out.update(read_torch(fn))
-  return out
-
-
 class LazyTensors(collections.abc.Mapping):
   """The tensors of a checkpoint directory by name, each read from its file when asked for
   (safetensors), so a load holds one tensor at a time on the host; ``pytorch_model.bin`` files
@@ -307,12 +294,32 @@ class Family:
   presets: dict = dataclasses.field(default_factory=dict)
 
 
-def _normalise_names(sd: dict, wm: WeightMap, expected: set[str]) -> dict:
+class _Renamed(collections.abc.Mapping):
+  """``sd``'s tensors under other names ({new: old}); reads a tensor only when asked for it, as
+  :class:`LazyTensors` does."""
+
+  def __init__(self, sd, names: dict[str, str]):
+    self._sd, self._names = sd, names
+
+  def __getitem__(self, key: str):
+    return self._sd[self._names[key]]
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+  def __contains__(self, key) -> bool:   # Mapping's own would read the tensor to find out
+    return key in self._names
+
+
+def _normalise_names(sd, wm: WeightMap, expected: set[str]):
   """Bare base-model checkpoints (e.g. the official ``gpt2``) lack the LM model's prefix."""
   if not wm.prefix or any(k in expected for k in sd):
     return sd
-  return {(wm.prefix + k if wm.prefix + k in expected or wm.prefix + k in wm.aliases else k): v
-          for k, v in sd.items()}
+  return _Renamed(sd, {(wm.prefix + k if wm.prefix + k in expected or wm.prefix + k in wm.aliases
+                        else k): k for k in sd})
 
 
 def params_from_hf(family: Family, cfg: core.ModelConfig, sd, source: str, put=None) -> dict:

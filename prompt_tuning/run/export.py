@@ -3,7 +3,7 @@
   --format peft    PEFT adapter directory (prompt, lora, dora, pissa, prefix, ia3):
                    adapter_config.json + adapter_model.safetensors, for
                    peft.PeftModel.from_pretrained(base, DIR)
-  --format hf      Hugging Face checkpoint of the tuned model (LoRA merged into the kernels, or
+  --format hf      Hugging Face checkpoint of the tuned model (LoRA / DoRA / PiSSA merged, or
                    the weights full / layers tuning changed) + the base's tokenizer files
   --format prompt  the soft prompt: prompt.npy, prompt.safetensors, prompt.json
 

@@ -163,25 +163,28 @@ def infer_mixed(config, prompt_runs: dict[str, str], inputs: list[tuple[str, str
   ref = json.loads(json.dumps(model_reference(config)))
   table, index = [], {}
   for task, run_dir in prompt_runs.items():
-    ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"))
-    meta = ckpt.read_meta(step)
-    theirs = meta.get("method", {})
-    if theirs.get("name") != exp.method.name:
-      raise ValueError(f"{run_dir} is a {theirs.get('name')} run, not {exp.method.name}")
-    if meta.get("model") != ref:
-      raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
-                       f"not {ref}")
-    run_config = config.copy_and_resolve_references()
-    run_config.output_dir = run_dir   # the error names the run whose base model differs
-    provenance.check_model(meta, run_config, what="infer")   # same path, same files?
+    ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
+                                 run_id=provenance.read_run_id(run_dir))
     try:
-      impl.check_mixable(exp.method, theirs)
-    except ValueError as e:
-      raise ValueError(f"{run_dir}: {e}") from None
-    state, _ = ckpt.restore(trainer.init_state(), step)
+      meta = ckpt.read_meta(step)
+      theirs = meta.get("method", {})
+      if theirs.get("name") != exp.method.name:
+        raise ValueError(f"{run_dir} is a {theirs.get('name')} run, not {exp.method.name}")
+      if meta.get("model") != ref:
+        raise ValueError(f"{run_dir} was tuned on another frozen model ({meta.get('model')}), "
+                         f"not {ref}")
+      run_config = config.copy_and_resolve_references()
+      run_config.output_dir = run_dir   # the error names the run whose base model differs
+      provenance.check_model(meta, run_config, what="infer")   # same path, same files?
+      try:
+        impl.check_mixable(exp.method, theirs)
+      except ValueError as e:
+        raise ValueError(f"{run_dir}: {e}") from None
+      state, _ = ckpt.restore(trainer.init_state(), step)
+    finally:
+      ckpt.close()
     index[task] = len(table)
     table.append(impl.example_state(state.params))
-    ckpt.close()
   unknown = sorted({t for t, _ in inputs} - set(index))
   if unknown:
     raise ValueError(f"no prompt run given for task(s) {unknown}; have {sorted(index)}")

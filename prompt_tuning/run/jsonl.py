@@ -61,6 +61,8 @@ def keep_through(path: str, step: int, drop_eval_at_step: bool = False):
     try:
       rec = json.loads(line)
       s = rec["step"]
+      if not isinstance(s, int):
+        raise TypeError(s)
     except (ValueError, TypeError, KeyError):
       bad.append(line)
       continue

@@ -169,8 +169,9 @@ def _train(config, allow_changed, signals: StopSignals) -> dict:
       tb.close()
     ckpt.close()
     best.close()
-    raise Preempted(f"stopped by {signals.name} after step {s}{note}: checkpoint saved in "
-                    f"{ckpt.directory}; run the same command again to resume from step {s}")
+    where = (f"checkpoint saved in {ckpt.directory}; run the same command again to resume from "
+             f"step {s}") if s else "nothing saved; run the same command again to start"
+    raise Preempted(f"stopped by {signals.name} after step {s}{note}: {where}")
 
   def evaluate_and_log(s: int):
     nonlocal best_ppl
@@ -186,6 +187,9 @@ def _train(config, allow_changed, signals: StopSignals) -> dict:
       best_ppl = ppl
       best.save(state, dict(meta, dev_perplexity=ppl, eval=metrics), force=True)
 
+  if signals.requested():   # during the load or the restore: stop before training on
+    bar.close()
+    preempted(start, " (before training on)")
   if stored.get("eval_pending"):   # stopped at an evaluation step before evaluating it
     evaluate_and_log(start)
 

@@ -6,8 +6,9 @@ and the command exits with :data:`EXIT_PREEMPTED` (75, EX_TEMPFAIL in sysexits.h
 failure, try again"). A distinct status lets a scheduler or wrapper script tell "stopped with a
 checkpoint: run the same command again" from success (0), a crash (1), a user error (2) and a
 process killed by a signal before it could save (128 + N in a shell, -N from Popen). A second
-Ctrl-C ends the process at once (the default action of SIGINT, no traceback; the run lock and
-any half-written checkpoint are handled as after SIGKILL).
+Ctrl-C (SIGINT; a second SIGTERM is ignored) ends the process at once from the CLI (the default
+action of SIGINT, no traceback; the run lock and any half-written checkpoint are handled as after
+SIGKILL); in a notebook or interactive session it raises KeyboardInterrupt, as Python does.
 
 Multi-host: a signal usually reaches one host first (or each at a different step); every
 process all-gathers its flag after every step and all stop after the same step. This is a
@@ -72,7 +73,11 @@ class StopSignals:
       self.signum = signum
       _say(f"{self.name} received: finishing this step and saving a checkpoint "
            f"(Ctrl-C again aborts at once)")
-    signal.signal(signal.SIGINT, signal.SIG_DFL)   # the second Ctrl-C: abort, no traceback
+    # The second Ctrl-C aborts: from the CLI, SIGINT's default action (no traceback); where
+    # Python's own handler was in place (a notebook kernel, an interactive session), a
+    # KeyboardInterrupt as usual, so the kernel survives.
+    prev = self._previous.get(signal.SIGINT)
+    signal.signal(signal.SIGINT, prev if prev is signal.default_int_handler else signal.SIG_DFL)
 
   @property
   def name(self) -> str:
