@@ -70,20 +70,29 @@ def ensure_run_id(output_dir: str, newest_meta) -> str:
   """This training run's id: the recorded one, else (identity file missing) the id in
   ``newest_meta()`` (the newest checkpoint's meta, or None), else a new one. Decided and
   recorded by process 0; the same on every process."""
-  rid = ""
+  rid, error = "", None
   if _process_index() == 0:
-    rid = read_run_id(output_dir)
-    if rid is None:
-      meta = newest_meta() or {}
-      rid = meta.get("run_id")
-      if rid:
-        _warn(f"{os.path.join(output_dir, RUN_FILE)} is missing; this run takes the id of its "
-              f"newest checkpoint (step {meta.get('step')})")
-      else:
-        rid = uuid.uuid4().hex
-      os.makedirs(output_dir, exist_ok=True)
-      _write_json_atomic(os.path.join(output_dir, RUN_FILE), {"run_id": rid})
-  return _broadcast_text(rid)
+    try:
+      rid = read_run_id(output_dir)
+      if rid is None:
+        meta = newest_meta() or {}
+        rid = meta.get("run_id")
+        if rid:
+          _warn(f"{os.path.join(output_dir, RUN_FILE)} is missing; this run takes the id of its "
+                f"newest checkpoint (step {meta.get('step')})")
+        else:
+          rid = uuid.uuid4().hex
+        os.makedirs(output_dir, exist_ok=True)
+        _write_json_atomic(os.path.join(output_dir, RUN_FILE), {"run_id": rid})
+    except (OSError, ValueError) as e:   # still broadcast: the other processes are waiting
+      rid, error = "", e
+  rid = _broadcast_text(rid)
+  if error is not None:
+    raise error
+  if not rid:
+    raise ValueError(f"process 0 could not read or record the run id in {output_dir} (its "
+                     f"error is in process 0's output)")
+  return rid
 
 
 def _process_index() -> int:

@@ -140,6 +140,16 @@ def test_a_changed_base_model_is_refused_by_every_verb(runs, tmp_path, capsys):
     open(weights, "wb").write(original)
 
 
+def test_a_damaged_run_identity_file_is_one_error_line(runs, tmp_path, capsys):
+  root, model = runs
+  out = copy_run(runs, tmp_path)
+  (out / "run_identity.json").write_text("{not json")
+  rc, _, err = execute(capsys, "train", out, model, "--config.train.num_steps=8")
+  assert rc == 2 and len(err) == 1, err
+  assert err[0].startswith(f"error: ValueError: {out}/run_identity.json is unreadable (")
+  assert checkpoint.Checkpointer(str(out / "checkpoints")).latest_step() == 6   # not trained
+
+
 def test_no_usable_step_is_refused_and_nothing_is_deleted(runs, tmp_path, capsys):
   """Every kept step's metadata damaged, the arrays intact: refuse (one line naming each step)
   instead of starting over and overwriting steps that could still be recovered."""
