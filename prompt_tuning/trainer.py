@@ -152,8 +152,8 @@ class Trainer:
     self.num_trainable = methods_lib.count_params(trainable)
     self.num_frozen = methods_lib.count_params(frozen)
     if mesh is not None:
-      trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh, rules))
-      frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh, rules))
+      trainable = jax.device_put(trainable, sharding.state_shardings(trainable, mesh, self.rules))
+      frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh, self.rules))
     self.frozen = frozen
     self._initial_params = trainable
     self.trace_counts = {"train": 0, "eval": 0, "decode": 0}
