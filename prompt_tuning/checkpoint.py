@@ -77,6 +77,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prompt_tuning.events import warn as _warn
+
 try:
   import fcntl
 except ImportError:  # not POSIX: readers rely on retrying a step that vanished
@@ -109,10 +111,6 @@ class CheckpointSaveError(CheckpointError):
 
 class _Corrupt(Exception):
   """Internal: this step fails verification (the reason is the message)."""
-
-
-def _warn(message: str):
-  print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _short(e: BaseException, limit: int = 240) -> str:

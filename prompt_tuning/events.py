@@ -13,6 +13,13 @@ import sys
 import time
 
 
+
+def warn(message: str, process_index: int = 0):
+  """One ``warning:`` line on stderr (by process 0 only, where every process would say it)."""
+  if process_index == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _crc32c_table():
   table = []
   for i in range(256):

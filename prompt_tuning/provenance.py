@@ -25,13 +25,11 @@ import sys
 import tempfile
 import uuid
 
+from prompt_tuning.events import warn as _warn
+
 RUN_FILE = "run_identity.json"
 # What the model loaders and tokenizers read from a checkpoint directory.
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt")
-
-
-def _warn(message: str):
-  print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _write_json_atomic(path: str, obj):

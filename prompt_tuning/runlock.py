@@ -34,6 +34,8 @@ import socket
 import sys
 import uuid
 
+from prompt_tuning.events import warn as _warn
+
 try:
   import fcntl
 except ImportError:  # not POSIX: the recorded-pid check only
@@ -44,10 +46,6 @@ LOCK_NAME = "run.lock"
 
 class RunLockError(ValueError):
   """The run directory is held by another live run. One line of text."""
-
-
-def _warn(message: str):
-  print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _proc_start(pid: int) -> str | None:

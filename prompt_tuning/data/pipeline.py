@@ -20,10 +20,11 @@ from __future__ import annotations
 import collections
 import json
 import math
-import sys
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from prompt_tuning.events import warn
 
 ENCODER_DECODER, DECODER_ONLY = "encoder_decoder", "decoder_only"
 _STATE_VERSION = 1
@@ -161,11 +162,6 @@ def tokenize_examples(examples: Sequence[dict], vocab, max_input_length: int,
            for i, ex in enumerate(examples)]
   return TokenizedExamples([p[0] for p in pairs], [p[1] for p in pairs], examples, name,
                            getattr(vocab, "pad_id", 0))
-
-
-def warn(msg: str, process_index: int = 0):
-  if process_index == 0:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def check_targets(name: str, targets, process_index: int = 0):

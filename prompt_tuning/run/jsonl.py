@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-
-def _warn(message: str):
-  print(f"warning: {message}", file=sys.stderr, flush=True)
+from prompt_tuning.events import warn as _warn
 
 
 def _set_aside(path: str, lines: list[bytes], why: str):
