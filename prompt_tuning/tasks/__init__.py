@@ -19,18 +19,15 @@ from prompt_tuning.tasks.registry import (DOMAIN_SHIFT_PAIRS, INSTRUCTIONS, SPEC
                                           TRAIN_SIZES, TaskSpec, adhoc_mixture, add_task,
                                           format_dataset, instruction_mixture, instruction_task,
                                           instruction_text, register_all, register_mlsum,
-                                          removed_message, set_download, set_vocabulary,
+                                          set_download, set_vocabulary, unknown_task,
                                           summarize_prefix, vocabulary_path)
 
 register_all()
 
-TASK_NAMES = tuple(sorted(SPECS))
-
 
 def _spec(name: str):
   if name not in SPECS:
-    raise ValueError(removed_message(name) or
-                     f"unknown task {name!r}; registered: {', '.join(TASK_NAMES)}")
+    raise unknown_task(name)
   return SPECS[name]
 
 
@@ -60,8 +57,7 @@ def check_task_name(name: str):
     base = sub.split(":")[0]
     if base not in SPECS and base not in seqio.MixtureRegistry.names() and \
         base not in seqio.TaskRegistry.names():
-      raise ValueError(removed_message(base) or
-                       f"unknown task {base!r}; registered: {', '.join(TASK_NAMES)}")
+      raise unknown_task(base)
 
 
 def mixture_tasks(name: str) -> list[tuple[str, float]]:

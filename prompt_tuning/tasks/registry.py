@@ -94,10 +94,12 @@ REMOVED = {
 }
 
 
-def removed_message(name: str) -> str | None:
+def unknown_task(name: str, where: str = "") -> ValueError:
+  """The one-line error for a name that is no registered task: its replacement, if it was
+  removed, else the registered names."""
   if name in REMOVED:
-    return f"task {name!r} was removed; use {REMOVED[name]}"
-  return None
+    return ValueError(f"task {name!r} was removed; use {REMOVED[name]}")
+  return ValueError(f"unknown task {name!r}{where}; registered: {', '.join(sorted(SPECS))}")
 
 
 def instruction_text(name: str) -> str:
@@ -368,8 +370,7 @@ def instruction_task(name: str) -> str:
   """The name of a task that is ``name`` with its instruction text prepended to every input
   (registered on first use; the same source, preprocessors and metrics otherwise)."""
   if name not in SPECS:
-    raise ValueError(removed_message(name) or
-                     f"unknown task {name!r}; registered: {', '.join(sorted(SPECS))}")
+    raise unknown_task(name)
   if name not in _INSTRUCTION_TASKS:
     new = f"{name}_with_instructions"
     _register_task(new, SPECS[name], seqio.get_mixture_or_task(name).source,
@@ -422,9 +423,7 @@ def adhoc_mixture(name: str, instructions: bool = False) -> seqio.Mixture:
   for part in name.split("+"):
     task, _, rate = part.partition(":")
     if task not in SPECS:
-      raise ValueError(removed_message(task) or
-                       f"unknown task {task!r} in mixture {name!r}; registered: "
-                       f"{', '.join(sorted(SPECS))}")
+      raise unknown_task(task, f" in mixture {name!r}")
     if rate:
       try:
         r = float(rate)
